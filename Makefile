@@ -1,0 +1,39 @@
+# Bootstrap targets: each installs what it needs, idempotently, then runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBIAN_PACKAGES := ffmpeg espeak-ng sox
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench system-deps venv clean-venv
+
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# pip 23 is kept on purpose: pip >= 26 refuses espnet's dependency ci_sdr (a direct-URL extra).
+$(STAMP): setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q "pip<26"
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: system-deps $(STAMP)
+
+demo: venv
+	$(PY) -m espnet_plugin.bin.demo
+
+test: venv
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) bench/bench_encoder.py --output docs/benchmarks.md
+
+clean-venv:
+	rm -rf $(VENV)

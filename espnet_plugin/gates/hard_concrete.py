@@ -1,0 +1,65 @@
+"""Hard-concrete (L0) gates of Louizos et al., as used by DPHuBERT (algorithms.md §1)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+BETA = 2.0 / 3.0
+LIMIT_LEFT = -0.1
+LIMIT_RIGHT = 1.1
+
+
+class HardConcreteGate(nn.Module):
+    """``n`` stochastic gates in [0, 1], exactly 0 or 1 with non-zero probability.
+
+    Training mode samples one stretched, clamped concrete value per gate. Eval mode returns
+    the deterministic binary mask: the ``round(expected open count)`` gates with the largest
+    ``log_alpha`` are 1, the rest 0, so that a pruned model equals the gated one exactly.
+    """
+
+    def __init__(self, n: int, init_drop_rate: float = 0.01, min_keep: int = 0) -> None:
+        super().__init__()
+        if n < 1:
+            raise ValueError("a gate group needs at least one gate")
+        self.n, self.min_keep = n, min_keep
+        self.current: Optional[torch.Tensor] = None
+        self.log_alpha = nn.Parameter(torch.empty(n))
+        self.reset_parameters(init_drop_rate)
+
+    def reset_parameters(self, init_drop_rate: float) -> None:
+        mean = math.log((1.0 - init_drop_rate) / init_drop_rate)
+        nn.init.normal_(self.log_alpha, mean=mean, std=0.01)
+
+    def prob_open(self) -> torch.Tensor:
+        """P(z > 0) for every gate: differentiable in ``log_alpha``."""
+        return torch.sigmoid(self.log_alpha - BETA * math.log(-LIMIT_LEFT / LIMIT_RIGHT))
+
+    def expected_open(self) -> torch.Tensor:
+        return self.prob_open().sum()
+
+    def deterministic_mask(self) -> torch.Tensor:
+        keep = max(self.min_keep, int(round(self.expected_open().item())))
+        mask = torch.zeros_like(self.log_alpha)
+        if keep > 0:
+            mask[torch.topk(self.log_alpha, keep).indices] = 1.0
+        return mask.detach()
+
+    def sample(self) -> torch.Tensor:
+        u = torch.rand_like(self.log_alpha).clamp(1e-6, 1.0 - 1e-6)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / BETA)
+        return (s * (LIMIT_RIGHT - LIMIT_LEFT) + LIMIT_LEFT).clamp(0.0, 1.0)
+
+    def forward(self) -> torch.Tensor:
+        """Gate values for this forward pass, kept in ``current`` for blocks that share them."""
+        self.current = self.sample() if self.training else self.deterministic_mask()
+        return self.current
+
+    def openness(self, deterministic: bool) -> torch.Tensor:
+        """What the cost model counts: P(open) in expectation, or the binary mask."""
+        return self.deterministic_mask() if deterministic else self.prob_open()
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}"

@@ -1,0 +1,351 @@
+"""Building blocks of a pruning-aware wav2vec 2.0 / HuBERT / WavLM encoder.
+
+Every block takes its size from the config, so a pruned model is the same classes with
+smaller sizes. Gates are optional modules: when a block has none it runs the plain path.
+Where a gate closes a unit the unit's output is exactly zero, and normalisations whose
+statistics span gated channels weight those statistics by the gate, so that removing a
+closed unit (``espnet_plugin.pruning``) leaves every output unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrizations
+
+from espnet_plugin.gates import HardConcreteGate
+
+
+def gated_layer_norm(
+    x: torch.Tensor, norm: nn.LayerNorm, gate: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """LayerNorm over the last axis whose statistics count each channel by its gate value.
+
+    With a binary gate this is LayerNorm over the open channels only, which is exactly what
+    the pruned model computes with its smaller LayerNorm; closed channels come out as zero.
+    """
+    if gate is None:
+        return norm(x)
+    if not torch.is_grad_enabled() and bool(((gate == 0) | (gate == 1)).all()):
+        # binary mask at inference: the very arithmetic of the pruned model's LayerNorm
+        keep = torch.nonzero(gate).flatten()
+        y = x.new_zeros(x.shape)
+        y[..., keep] = F.layer_norm(x[..., keep], (len(keep),), norm.weight[keep], norm.bias[keep], norm.eps)
+        return y
+    total = gate.sum().clamp_min(1e-6)
+    mean = (x * gate).sum(-1, keepdim=True) / total
+    var = (((x - mean) ** 2) * gate).sum(-1, keepdim=True) / total
+    y = (x - mean) * torch.rsqrt(var + norm.eps) * norm.weight + norm.bias
+    return y * gate
+
+
+class ConvLayer(nn.Module):
+    """Conv1d -> (GroupNorm | channel LayerNorm | nothing) -> GELU -> optional channel gate."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int,
+        bias: bool,
+        norm: Optional[str],
+        gated: bool,
+        init_drop_rate: float,
+    ) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=bias)
+        self.norm: Optional[nn.Module] = None
+        if norm == "group_norm":
+            self.norm = nn.GroupNorm(out_channels, out_channels, affine=True)
+        elif norm == "layer_norm":
+            self.norm = nn.LayerNorm(out_channels)
+        self.gate = HardConcreteGate(out_channels, init_drop_rate, min_keep=1) if gated else None
+
+    def output_length(self, length: torch.Tensor) -> torch.Tensor:
+        return torch.div(length - self.kernel, self.stride, rounding_mode="floor") + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, channels, time)."""
+        z = self.gate() if self.gate is not None else None
+        x = self.conv(x)
+        if isinstance(self.norm, nn.LayerNorm):
+            x = gated_layer_norm(x.transpose(1, 2), self.norm, z).transpose(1, 2)
+        elif self.norm is not None:
+            x = self.norm(x)
+        x = F.gelu(x)
+        if z is not None:
+            x = x * z[:, None]
+        return x
+
+
+class FeatureExtractor(nn.Module):
+    """The waveform CNN: (batch, samples) -> (batch, frames, channels)."""
+
+    def __init__(self, conv_layers: List[List[int]], mode: str, bias: bool, gated: bool, init_drop_rate: float):
+        super().__init__()
+        layers, in_channels = [], 1
+        for i, (channels, kernel, stride) in enumerate(conv_layers):
+            if mode == "layer_norm":
+                norm = "layer_norm"
+            else:
+                norm = "group_norm" if i == 0 else None
+            layers.append(ConvLayer(in_channels, channels, kernel, stride, bias, norm, gated, init_drop_rate))
+            in_channels = channels
+        self.conv_layers = nn.ModuleList(layers)
+
+    @property
+    def receptive_field(self) -> int:
+        field = 1
+        for layer in reversed(self.conv_layers):
+            field = (field - 1) * layer.stride + layer.kernel
+        return field
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for layer in self.conv_layers:
+            lengths = layer.output_length(lengths)
+        return lengths
+
+    def forward(self, wavs: torch.Tensor) -> torch.Tensor:
+        x = wavs[:, None, :]
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x.transpose(1, 2)
+
+    def last_gate(self) -> Optional[torch.Tensor]:
+        """The gate values the last conv layer used; read again so the projection agrees."""
+        gate = self.conv_layers[-1].gate
+        return None if gate is None else gate.current
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm over conv channels (gate-weighted statistics) -> Linear -> dropout."""
+
+    def __init__(self, in_channels: int, embed_dim: int, dropout: float, eps: float):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(in_channels, eps=eps)
+        self.projection = nn.Linear(in_channels, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, channel_gate: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.dropout(self.projection(gated_layer_norm(x, self.layer_norm, channel_gate)))
+
+
+class ConvPositionalEmbedding(nn.Module):
+    """Grouped convolution over time with weight norm (dim 2), as in wav2vec 2.0."""
+
+    def __init__(self, embed_dim: int, kernel: int, groups: int):
+        super().__init__()
+        conv = nn.Conv1d(embed_dim, embed_dim, kernel, padding=kernel // 2, groups=groups)
+        self.conv = parametrizations.weight_norm(conv, name="weight", dim=2)
+        self.trim = 1 if kernel % 2 == 0 else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, frames, dim) -> the positional term added to x."""
+        y = self.conv(x.transpose(1, 2))
+        if self.trim:
+            y = y[..., :-self.trim]
+        return F.gelu(y).transpose(1, 2)
+
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device) -> torch.Tensor:
+    """Bidirectional log-spaced buckets of WavLM / T5 for key minus query offsets."""
+    positions = torch.arange(length, device=device)
+    relative = positions[None, :] - positions[:, None]
+    half = num_buckets // 2
+    buckets = (relative > 0).long() * half
+    distance = relative.abs()
+    max_exact = half // 2
+    is_small = distance < max_exact
+    large = max_exact + (
+        torch.log(distance.float().clamp_min(1) / max_exact) / math.log(max_distance / max_exact) * (half - max_exact)
+    ).long()
+    large = large.clamp_max(half - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention``.
+
+    Heads can be gated; ``num_heads == 0`` keeps only the output bias. For WavLM each head
+    adds a relative-position bias scaled by a gate computed from its chunk of the input.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        dropout: float,
+        gated: bool,
+        init_drop_rate: float,
+        head_ids: Optional[List[int]] = None,
+        rel_pos_chunk: int = 0,
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
+        inner = num_heads * head_dim
+        self.out_bias: Optional[nn.Parameter] = None
+        if num_heads == 0:
+            self.out_bias = nn.Parameter(torch.zeros(embed_dim))
+        else:
+            self.q_proj = nn.Linear(embed_dim, inner)
+            self.k_proj = nn.Linear(embed_dim, inner)
+            self.v_proj = nn.Linear(embed_dim, inner)
+            self.out_proj = nn.Linear(inner, embed_dim)
+        self.gate = HardConcreteGate(num_heads, init_drop_rate) if gated and num_heads > 0 else None
+        self.rel_pos_chunk = rel_pos_chunk
+        if head_ids is not None and num_heads > 0:
+            self.register_buffer("head_ids", torch.tensor(head_ids, dtype=torch.long), persistent=False)
+            self.gru_rel_pos_linear = nn.Linear(rel_pos_chunk, 8)
+            self.gru_rel_pos_const = nn.Parameter(torch.ones(1, num_heads, 1, 1))
+        else:
+            self.head_ids = None
+
+    def gated_position_bias(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
+        """(batch, heads, frames, frames) bias: WavLM's gated relative-position bias."""
+        b, t, d = x.shape
+        chunks = x.view(b, t, d // self.rel_pos_chunk, self.rel_pos_chunk)[:, :, self.head_ids]
+        proj = self.gru_rel_pos_linear(chunks.transpose(1, 2)).view(b, self.num_heads, t, 2, 4).sum(-1)
+        gate_a, gate_b = torch.sigmoid(proj).chunk(2, dim=-1)
+        scale = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0
+        return scale * position_bias[self.head_ids][None]
+
+    def forward(
+        self, x: torch.Tensor, key_mask: Optional[torch.Tensor], position_bias: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """x: (batch, frames, dim); key_mask: (batch, frames) True where valid."""
+        if self.out_bias is not None:
+            return self.out_bias.expand_as(x)
+        b, t, _ = x.shape
+        q, k, v = (
+            proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        if self.head_ids is not None and position_bias is not None:
+            bias = self.gated_position_bias(x, position_bias).to(q.dtype)
+            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        if self.gate is not None:
+            y = y * self.gate()[None, :, None, None]
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    """Linear -> GELU -> (unit gate) -> Linear; ``ffn_dim == 0`` keeps only the output bias."""
+
+    def __init__(
+        self, embed_dim: int, ffn_dim: int, activation_dropout: float, dropout: float, gated: bool, init_drop_rate: float
+    ) -> None:
+        super().__init__()
+        self.out_bias: Optional[nn.Parameter] = None
+        if ffn_dim == 0:
+            self.out_bias = nn.Parameter(torch.zeros(embed_dim))
+        else:
+            self.intermediate = nn.Linear(embed_dim, ffn_dim)
+            self.output = nn.Linear(ffn_dim, embed_dim)
+        self.activation_dropout = nn.Dropout(activation_dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.gate = HardConcreteGate(ffn_dim, init_drop_rate) if gated and ffn_dim > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.out_bias is not None:
+            return self.out_bias.expand_as(x)
+        h = self.activation_dropout(F.gelu(self.intermediate(x)))
+        if self.gate is not None:
+            h = h * self.gate()
+        return self.dropout(self.output(h))
+
+
+class EncoderLayer(nn.Module):
+    """A transformer layer, post-LN (Base) or pre-LN (Large), with optional block gates.
+
+    A missing block is skipped; post-LN layers keep both LayerNorms regardless, pre-LN
+    layers keep a block's LayerNorm only while the block reads its input.
+    """
+
+    def __init__(self, cfg, layer_cfg, attention_gates, ffn_gates) -> None:
+        super().__init__()
+        d = cfg.embed_dim
+        self.layer_norm_first = cfg.layer_norm_first
+        g = cfg.gates
+        self.attention = self.ffn = None
+        self.attention_block_gate = self.ffn_block_gate = None
+        if layer_cfg.attention:
+            self.attention = SelfAttention(
+                d,
+                layer_cfg.num_heads,
+                cfg.head_dim,
+                cfg.attention_dropout,
+                g.attention_heads,
+                g.init_drop_rate,
+                head_ids=layer_cfg.head_ids if cfg.is_wavlm else None,
+                rel_pos_chunk=cfg.rel_pos_chunk if cfg.is_wavlm else 0,
+            )
+            if attention_gates:
+                self.attention_block_gate = HardConcreteGate(1, g.init_drop_rate)
+        if layer_cfg.ffn:
+            self.ffn = FeedForward(
+                d, layer_cfg.ffn_dim, cfg.activation_dropout, cfg.dropout, g.ffn_units, g.ffn_units_init_drop_rate
+            )
+            if ffn_gates:
+                self.ffn_block_gate = HardConcreteGate(1, g.init_drop_rate)
+        reads_attention_input = layer_cfg.attention and layer_cfg.num_heads > 0
+        reads_ffn_input = layer_cfg.ffn and layer_cfg.ffn_dim > 0
+        eps = cfg.layer_norm_eps
+        self.attention_norm = (
+            nn.LayerNorm(d, eps=eps) if (not cfg.layer_norm_first or reads_attention_input) else None
+        )
+        self.ffn_norm = nn.LayerNorm(d, eps=eps) if (not cfg.layer_norm_first or reads_ffn_input) else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    @staticmethod
+    def _gated(y: torch.Tensor, gate: Optional[HardConcreteGate]) -> torch.Tensor:
+        return y if gate is None else y * gate()
+
+    def forward(
+        self, x: torch.Tensor, key_mask: Optional[torch.Tensor], position_bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        if self.layer_norm_first:
+            if self.attention is not None:
+                h = x if self.attention_norm is None else self.attention_norm(x)
+                y = self.dropout(self.attention(h, key_mask, position_bias))
+                x = x + self._gated(y, self.attention_block_gate)
+            if self.ffn is not None:
+                h = x if self.ffn_norm is None else self.ffn_norm(x)
+                x = x + self._gated(self.ffn(h), self.ffn_block_gate)
+            return x
+        if self.attention is not None:
+            y = self.dropout(self.attention(x, key_mask, position_bias))
+            x = x + self._gated(y, self.attention_block_gate)
+        x = self.attention_norm(x)
+        if self.ffn is not None:
+            x = x + self._gated(self.ffn(x), self.ffn_block_gate)
+        return self.ffn_norm(x)
+
+
+def frame_key_mask(lengths: Optional[torch.Tensor], frames: int) -> Optional[torch.Tensor]:
+    if lengths is None:
+        return None
+    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+
+
+__all__ = [
+    "ConvLayer",
+    "ConvPositionalEmbedding",
+    "EncoderLayer",
+    "FeatureExtractor",
+    "FeatureProjection",
+    "FeedForward",
+    "SelfAttention",
+    "frame_key_mask",
+    "gated_layer_norm",
+    "relative_position_buckets",
+]

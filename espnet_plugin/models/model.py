@@ -1,0 +1,214 @@
+"""Model assembly and factory functions for HuBERT / WavLM / wav2vec 2.0 encoders."""
+from __future__ import annotations
+
+import copy
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from espnet_plugin.models.components import (
+    ConvPositionalEmbedding,
+    EncoderLayer,
+    FeatureExtractor,
+    FeatureProjection,
+    frame_key_mask,
+    relative_position_buckets,
+)
+from espnet_plugin.models.config import EncoderConfig, GateConfig, LayerConfig
+from espnet_plugin.models.counting import Structure, count_macs, count_params
+
+SAMPLE_RATE = 16000
+
+
+class SpeechEncoder(nn.Module):
+    """A HuBERT / WavLM / wav2vec 2.0 encoder with optional hard-concrete gates.
+
+    ``forward`` returns N + 1 hidden states for N layers, all (batch, frames, embed_dim):
+    index 0 is the feature-projection output (before the positional convolution; padded
+    frames zeroed), index i the output of transformer layer i. For pre-LN (Large) models the
+    last one has the encoder's final LayerNorm applied, the others are the raw residual
+    stream. This is the SUPERB / s3prl convention for these models.
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        g = config.gates
+        d = config.embed_dim
+        self.feature_extractor = FeatureExtractor(
+            config.conv_layers, config.extractor_mode, config.conv_bias, g.conv_channels, g.init_drop_rate
+        )
+        self.feature_projection = FeatureProjection(
+            config.conv_layers[-1][0], d, config.feature_projection_dropout, config.layer_norm_eps
+        )
+        self.pos_conv = ConvPositionalEmbedding(d, config.pos_conv_kernel, config.pos_conv_groups)
+        self.encoder_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.rel_attn_embed = nn.Embedding(config.num_buckets, config.rel_pos_heads) if config.is_wavlm else None
+        self.layers = nn.ModuleList(
+            EncoderLayer(config, layer, g.attention_blocks, g.ffn_blocks) for layer in config.layers
+        )
+
+    # ---------------------------------------------------------------- lengths
+    @property
+    def receptive_field(self) -> int:
+        return self.feature_extractor.receptive_field
+
+    @property
+    def downsample_rate(self) -> int:
+        rate = 1
+        for _, _, stride in self.config.conv_layers:
+            rate *= stride
+        return rate
+
+    def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
+        return self.feature_extractor.output_lengths(wav_lengths)
+
+    # ---------------------------------------------------------------- forward
+    def position_bias(self, frames: int, device) -> Optional[torch.Tensor]:
+        if self.rel_attn_embed is None:
+            return None
+        buckets = relative_position_buckets(frames, self.config.num_buckets, self.config.max_distance, device)
+        return self.rel_attn_embed(buckets).permute(2, 0, 1)
+
+    def forward(
+        self, wavs: torch.Tensor, wav_lengths: Optional[torch.Tensor] = None
+    ) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+        features = self.feature_extractor(wavs)
+        x = self.feature_projection(features, self.feature_extractor.last_gate())
+        lengths = None if wav_lengths is None else self.frame_lengths(wav_lengths).clamp(0, x.shape[1])
+        key_mask = frame_key_mask(lengths, x.shape[1])
+        if key_mask is not None:
+            x = x.masked_fill(~key_mask[..., None], 0.0)
+        hidden_states = [x]
+        x = x + self.pos_conv(x)
+        if not self.config.layer_norm_first:
+            x = self.encoder_norm(x)
+        x = self.dropout(x)
+        position_bias = self.position_bias(x.shape[1], x.device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, key_mask, position_bias)
+            if self.config.layer_norm_first and i == len(self.layers) - 1:
+                x = self.encoder_norm(x)
+            hidden_states.append(x)
+        if not self.layers and self.config.layer_norm_first:
+            hidden_states[-1] = self.encoder_norm(x)
+        return hidden_states, lengths
+
+    def extract_hidden_states(
+        self, wavs: torch.Tensor, wav_lengths: Optional[torch.Tensor] = None
+    ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Checked entry point: 16 kHz float waveforms (batch, samples) and their lengths."""
+        if not torch.is_tensor(wavs) or wavs.dim() != 2 or not wavs.is_floating_point():
+            raise ValueError(f"wavs: expected a float tensor (batch, samples), got {_describe(wavs)}")
+        if wav_lengths is None:
+            wav_lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+        if wav_lengths.shape != (wavs.shape[0],):
+            raise ValueError(f"wav_lengths: expected shape ({wavs.shape[0]},), got {tuple(wav_lengths.shape)}")
+        if int(wav_lengths.max()) > wavs.shape[1]:
+            raise ValueError("wav_lengths: a length exceeds the padded number of samples")
+        shortest = int(wav_lengths.min())
+        if shortest < self.receptive_field:
+            raise ValueError(
+                f"wavs: an utterance has {shortest} samples ({shortest / SAMPLE_RATE * 1000:.1f} ms), shorter "
+                f"than the model's receptive field of {self.receptive_field} samples "
+                f"({self.receptive_field / SAMPLE_RATE * 1000:.1f} ms at 16 kHz)"
+            )
+        hidden_states, lengths = self(wavs, wav_lengths.long())
+        return hidden_states, lengths
+
+    # ------------------------------------------------------------- costs
+    def structure(self, deterministic: bool = False) -> Structure:
+        """Per-unit openness: gate probabilities (or the binary mask), ones where ungated."""
+        return Structure.of_model(self, deterministic)
+
+    def expected_params(self, deterministic: bool = False) -> torch.Tensor:
+        return count_params(self.config, self.structure(deterministic))
+
+    def expected_macs(self, deterministic: bool = False, seconds: float = 1.0) -> torch.Tensor:
+        return count_macs(self.config, self.structure(deterministic), seconds)
+
+    def num_params(self) -> int:
+        """Real parameter count, gates excluded."""
+        return sum(p.numel() for name, p in self.named_parameters() if not name.endswith("log_alpha"))
+
+    def gate_parameters(self) -> List[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if name.endswith("log_alpha")]
+
+    def main_parameters(self) -> List[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if not name.endswith("log_alpha")]
+
+
+def _describe(x) -> str:
+    if torch.is_tensor(x):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+def with_gates(model: SpeechEncoder, gates: GateConfig) -> SpeechEncoder:
+    """A copy of ``model`` with the given gates, weights shared by value (gates start open)."""
+    config = copy.deepcopy(model.config)
+    config.gates = gates
+    gated = SpeechEncoder(config)
+    missing, unexpected = gated.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.endswith("log_alpha") for k in missing):
+        raise RuntimeError(f"weights do not match the architecture: missing {missing}, unexpected {unexpected}")
+    return gated
+
+
+# ----------------------------------------------------------------- factories
+def _config(
+    model_type: str,
+    large: bool,
+    num_layers: Optional[int] = None,
+    **overrides,
+) -> EncoderConfig:
+    d, heads, ffn, n = (1024, 16, 4096, 24) if large else (768, 12, 3072, 12)
+    n = num_layers or n
+    base = dict(
+        model_type=model_type,
+        extractor_mode="layer_norm" if large else "group_norm",
+        embed_dim=d,
+        layer_norm_first=large,
+        layers=[LayerConfig(heads, ffn) for _ in range(n)],
+        rel_pos_heads=heads if model_type == "wavlm" else 0,
+    )
+    base.update(overrides)
+    return EncoderConfig(**base)
+
+
+def hubert_base(**overrides) -> EncoderConfig:
+    return _config("hubert", large=False, **overrides)
+
+
+def hubert_large(**overrides) -> EncoderConfig:
+    return _config("hubert", large=True, **overrides)
+
+
+def wav2vec2_base(**overrides) -> EncoderConfig:
+    return _config("wav2vec2", large=False, **overrides)
+
+
+def wav2vec2_large(**overrides) -> EncoderConfig:
+    """wav2vec 2.0 Large (LV-60k layout: layer-norm extractor with conv bias, pre-LN)."""
+    overrides.setdefault("conv_bias", True)
+    return _config("wav2vec2", large=True, **overrides)
+
+
+def wavlm_base(**overrides) -> EncoderConfig:
+    return _config("wavlm", large=False, **overrides)
+
+
+def wavlm_large(**overrides) -> EncoderConfig:
+    return _config("wavlm", large=True, **overrides)
+
+
+FACTORIES = {
+    "hubert_base": hubert_base,
+    "hubert_large": hubert_large,
+    "wav2vec2_base": wav2vec2_base,
+    "wav2vec2_large": wav2vec2_large,
+    "wavlm_base": wavlm_base,
+    "wavlm_large": wavlm_large,
+}

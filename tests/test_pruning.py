@@ -1,0 +1,123 @@
+"""Pruning is exact: the dense model equals the gated model at its deterministic masks,
+and the cost model's counts at those masks equal the dense model's real counts."""
+import pytest
+import torch
+
+from espnet_plugin.models import GateConfig, SpeechEncoder, with_gates
+from espnet_plugin.pruning import prune_model
+from tests.conftest import randomize_, tiny_config
+
+LAYOUTS = [("hubert", False), ("wav2vec2", True), ("wavlm", False), ("wavlm", True)]
+
+
+def gated_model(model_type, large, seed=0):
+    torch.manual_seed(seed)
+    model = randomize_(SpeechEncoder(tiny_config(model_type, large)), seed)
+    gated = with_gates(model, GateConfig.all_on())
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in gated.gate_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 2.0)
+    return gated
+
+
+def close_(gate):
+    with torch.no_grad():
+        gate.log_alpha.fill_(-10.0)
+
+
+def open_(gate):
+    with torch.no_grad():
+        gate.log_alpha.fill_(10.0)
+
+
+def assert_equivalent(gated, wavs, lengths=None):
+    gated.eval()
+    pruned = prune_model(gated)
+    with torch.no_grad():
+        ref, ref_len = gated(wavs, lengths)
+        out, out_len = pruned(wavs, lengths)
+    assert len(ref) == len(out) == len(gated.layers) + 1
+    for i, (a, b) in enumerate(zip(ref, out)):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), f"hidden state {i} differs by {(a - b).abs().max()}"
+    if lengths is not None:
+        assert torch.equal(ref_len, out_len)
+    assert int(round(gated.expected_params(deterministic=True).item())) == pruned.num_params()
+    assert int(round(pruned.expected_params().item())) == pruned.num_params()
+    assert torch.isclose(gated.expected_macs(deterministic=True), pruned.expected_macs(), rtol=1e-6)
+    assert not any(name.endswith("log_alpha") for name, _ in pruned.named_parameters())
+    return pruned
+
+
+@pytest.mark.parametrize("model_type,large", LAYOUTS)
+def test_random_masks_prune_exactly(model_type, large, wavs):
+    gated = gated_model(model_type, large)
+    pruned = assert_equivalent(gated, wavs, torch.tensor([4000, 3100]))
+    assert pruned.num_params() < SpeechEncoder(tiny_config(model_type, large)).num_params()
+
+
+@pytest.mark.parametrize("model_type,large", LAYOUTS)
+def test_conv_channels_pruned_in_every_layer(model_type, large, wavs):
+    gated = gated_model(model_type, large, seed=3)
+    for layer in gated.feature_extractor.conv_layers:
+        with torch.no_grad():
+            layer.gate.log_alpha.copy_(torch.linspace(-6, 6, layer.gate.n))
+    pruned = assert_equivalent(gated, wavs)
+    kept = [spec[0] for spec in pruned.config.conv_layers]
+    assert all(0 < k < 16 for k in kept), kept
+
+
+@pytest.mark.parametrize("model_type,large", LAYOUTS)
+def test_layer_without_heads_or_units_keeps_output_bias(model_type, large, wavs):
+    gated = gated_model(model_type, large, seed=5)
+    for layer in gated.layers:
+        open_(layer.attention_block_gate)
+        open_(layer.ffn_block_gate)
+    close_(gated.layers[0].attention.gate)  # all heads of the first layer (WavLM: owner of the bias)
+    close_(gated.layers[1].ffn.gate)
+    close_(gated.layers[2].attention_block_gate)
+    close_(gated.layers[2].ffn_block_gate)
+    pruned = assert_equivalent(gated, wavs, torch.tensor([4000, 2500]))
+    first, second, third = pruned.config.layers
+    assert first.num_heads == 0 and first.attention
+    assert second.ffn_dim == 0 and second.ffn
+    assert not third.attention and not third.ffn
+    assert pruned.layers[0].attention.out_bias is not None
+
+
+def test_wavlm_first_layer_heads_pruned_keeps_position_bias(wavs):
+    gated = gated_model("wavlm", False, seed=7)
+    for layer in gated.layers:
+        open_(layer.attention_block_gate)
+    with torch.no_grad():
+        gated.layers[0].attention.gate.log_alpha.copy_(torch.tensor([-9.0, -9.0, -9.0, 9.0]))
+        gated.layers[1].attention.gate.log_alpha.copy_(torch.tensor([9.0, -9.0, 9.0, -9.0]))
+    pruned = assert_equivalent(gated, wavs)
+    assert pruned.config.layers[0].head_ids == [3]
+    assert pruned.config.layers[1].head_ids == [0, 2]
+    assert pruned.rel_attn_embed.weight.shape == (32, 4)
+
+
+@pytest.mark.parametrize("model_type,large", LAYOUTS)
+def test_all_gates_open_is_the_ungated_model(model_type, large, wavs):
+    model = randomize_(SpeechEncoder(tiny_config(model_type, large))).eval()
+    gated = with_gates(model, GateConfig.all_on()).eval()
+    for gate in gated.gate_parameters():
+        with torch.no_grad():
+            gate.fill_(10.0)
+    with torch.no_grad():
+        for a, b in zip(model(wavs)[0], gated(wavs)[0]):
+            assert torch.allclose(a, b, atol=1e-5, rtol=0), (a - b).abs().max()
+    assert torch.isclose(gated.expected_params(deterministic=True), torch.tensor(float(model.num_params())))
+
+
+def test_expected_params_is_differentiable_and_between_bounds():
+    gated = gated_model("hubert", False)
+    expected = gated.expected_params()
+    expected.backward()
+    grads = [p.grad for p in gated.gate_parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+    full = SpeechEncoder(tiny_config("hubert", False)).num_params()
+    assert 0 < expected.item() < full
