@@ -1,4 +1,5 @@
-"""Structured pruning: from a gated model to the dense model its masks describe."""
+"""Structured pruning: the sparsity Lagrangian, and from a gated model to a dense one."""
+from espnet_plugin.pruning.lagrangian import SparsityLagrangian
 from espnet_plugin.pruning.prune import prune_model
 
-__all__ = ["prune_model"]
+__all__ = ["SparsityLagrangian", "prune_model"]

@@ -1,0 +1,35 @@
+"""Human- and YAML-friendly description of a model's size and per-layer architecture."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+
+def architecture_summary(model) -> Dict[str, Any]:
+    """Params, MACs per second of audio, and per-layer sizes of a (dense) SpeechEncoder."""
+    cfg = model.config
+    return {
+        "model_type": cfg.model_type,
+        "params": model.num_params(),
+        "macs_per_second": int(round(model.expected_macs().item())),
+        "conv_channels": [spec[0] for spec in cfg.conv_layers],
+        "layers": [
+            {
+                "heads": layer.num_heads if layer.attention else 0,
+                "attention": layer.attention,
+                "ffn_units": layer.ffn_dim if layer.ffn else 0,
+                "ffn": layer.ffn,
+            }
+            for layer in cfg.layers
+        ],
+    }
+
+
+def format_summary(name: str, summary: Dict[str, Any]) -> str:
+    heads = " ".join(str(layer["heads"]) if layer["attention"] else "-" for layer in summary["layers"])
+    units = " ".join(str(layer["ffn_units"]) if layer["ffn"] else "-" for layer in summary["layers"])
+    return (
+        f"{name}: {summary['params'] / 1e6:.3f} M params, {summary['macs_per_second'] / 1e9:.3f} G MACs/s\n"
+        f"  conv channels: {' '.join(map(str, summary['conv_channels']))}\n"
+        f"  heads per layer: {heads}\n"
+        f"  FFN units per layer: {units}"
+    )

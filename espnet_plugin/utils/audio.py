@@ -1,0 +1,52 @@
+"""Audio I/O with errors that name the file: reading 16 kHz speech, synthesising it with espeak-ng."""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used: unreadable, empty, or at the wrong sample rate."""
+
+
+def read_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """A mono float32 waveform; raises AudioError naming the file and the problem."""
+    import soundfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such audio file")
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        raise AudioError(f"{path}: unreadable or corrupt audio ({exc})") from exc
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: the audio file is empty (0 samples)")
+    if rate != sample_rate:
+        raise AudioError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (resample it first)")
+    return torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+
+
+def synthesize(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50) -> torch.Tensor:
+    """Speak ``text`` with espeak-ng and return a 16 kHz float waveform."""
+    import soundfile
+    import torchaudio.functional as AF
+
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng; `make demo` installs it)")
+    wav_bytes = subprocess.run(
+        [binary, "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
+        check=True,
+        capture_output=True,
+    ).stdout
+    data, rate = soundfile.read(io.BytesIO(wav_bytes), dtype="float32")
+    return AF.resample(torch.from_numpy(data), rate, SAMPLE_RATE)

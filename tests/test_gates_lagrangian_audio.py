@@ -1,0 +1,82 @@
+"""Hard-concrete gate statistics, the sparsity Lagrangian, and audio input errors."""
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from espnet_plugin.gates import HardConcreteGate
+from espnet_plugin.pruning import SparsityLagrangian
+from espnet_plugin.utils.audio import AudioError, read_audio, synthesize
+
+
+def test_prob_open_matches_sampled_frequency():
+    torch.manual_seed(0)
+    gate = HardConcreteGate(5)
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0]))
+    samples = torch.stack([gate.sample() for _ in range(20000)])
+    assert samples.min() >= 0 and samples.max() <= 1
+    assert (samples == 0).any() and (samples == 1).any()  # hard zeros and ones occur
+    assert torch.allclose((samples > 0).float().mean(0), gate.prob_open(), atol=0.015)
+
+
+def test_initial_gates_are_open():
+    gate = HardConcreteGate(1000, init_drop_rate=0.01)
+    assert gate.expected_open().item() > 0.99 * 1000 * 0.99
+    assert gate.eval()().sum().item() == gate.deterministic_mask().sum().item() >= 980
+
+
+def test_deterministic_mask_keeps_the_largest_log_alphas():
+    gate = HardConcreteGate(6).eval()
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([5.0, -5.0, 0.2, -3.0, 5.0, -5.0]))
+    keep = int(round(gate.expected_open().item()))
+    mask = gate()
+    assert mask.sum().item() == keep == 3
+    assert mask.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert HardConcreteGate(4, min_keep=1).eval().deterministic_mask().sum() >= 1
+
+
+def test_lagrangian_drives_expected_sparsity_to_target():
+    torch.manual_seed(0)
+    gates = HardConcreteGate(200)
+    lagrangian = SparsityLagrangian(target_sparsity=0.6, warmup_steps=100)
+    assert lagrangian.target_at(50) == pytest.approx(0.3)
+    optimizer = torch.optim.AdamW([{"params": gates.parameters(), "lr": 0.05}, lagrangian.optimizer_group(0.05)])
+    for step in range(600):
+        sparsity = 1.0 - gates.expected_open() / 200
+        loss = lagrangian(sparsity, step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert abs((1.0 - gates.expected_open().item() / 200) - 0.6) < 0.02
+    assert lagrangian.lambda1.item() != 0.0  # the multipliers moved (gradient ascent)
+
+
+def test_lagrangian_rejects_impossible_target():
+    with pytest.raises(ValueError, match="target_sparsity"):
+        SparsityLagrangian(1.5)
+
+
+def test_read_audio_errors_name_the_file(tmp_path):
+    good = tmp_path / "good.wav"
+    soundfile.write(good, np.zeros(1600, dtype="float32"), 16000)
+    assert read_audio(good).shape == (1600,)
+    wrong_rate = tmp_path / "rate.wav"
+    soundfile.write(wrong_rate, np.zeros(800, dtype="float32"), 8000)
+    with pytest.raises(AudioError, match="rate.wav: sample rate 8000 Hz, expected 16000"):
+        read_audio(wrong_rate)
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, dtype="float32"), 16000)
+    with pytest.raises(AudioError, match="empty.wav: the audio file is empty"):
+        read_audio(empty)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00garbage")
+    with pytest.raises(AudioError, match="corrupt.wav: unreadable or corrupt"):
+        read_audio(corrupt)
+
+
+def test_synthesize_speaks_at_16k():
+    wav = synthesize("hello world", voice="en-us+f3")
+    assert wav.dtype == torch.float32 and 0.3 * 16000 < len(wav) < 3 * 16000
+    assert wav.abs().max() > 0.01
