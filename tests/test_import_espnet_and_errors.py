@@ -155,3 +155,18 @@ def test_importing_espnet_plugin_does_not_import_heavy_packages():
     code = "import sys, espnet_plugin; print(any(m in sys.modules for m in ('s3prl', 'espnet2', 'transformers')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_waveform_normalisation_is_per_utterance_over_valid_samples(wavs):
+    from espnet_plugin.models.model import normalize_waveforms
+
+    lengths = torch.tensor([4000, 2600])
+    out = normalize_waveforms(wavs * 3 + 1, lengths)
+    expected = torch.nn.functional.layer_norm(wavs[1, :2600] * 3 + 1, (2600,))
+    assert torch.allclose(out[1, :2600], expected, atol=1e-5)
+    assert torch.all(out[1, 2600:] == 0)
+    model = SpeechEncoder(tiny_config(normalize_waveform=True)).eval()
+    with torch.no_grad():
+        a = model.extract_hidden_states(wavs[1:, :2600])[0][-1]
+        b = model.extract_hidden_states(wavs[1:, :2600] * 5 + 0.3)[0][-1]
+    assert torch.allclose(a, b, atol=1e-4)  # invariant to gain and offset

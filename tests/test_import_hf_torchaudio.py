@@ -183,3 +183,18 @@ def test_torchaudio_hubert_pretrain_model(wavs):
     with torch.no_grad():
         hidden, _ = ours.extract_hidden_states(wavs)
     assert_matches(hidden, torchaudio_reference(ref.wav2vec2, wavs))
+
+
+def test_hf_directory_with_normalising_feature_extractor(tmp_path, wavs):
+    from transformers import Wav2Vec2FeatureExtractor
+
+    ref = randomize_(HubertModel(HubertConfig(**HF_TINY, **LARGE)), std=0.2).eval()
+    ref.save_pretrained(tmp_path / "hf")
+    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(tmp_path / "hf")
+    ours, _ = import_model(tmp_path / "hf")
+    assert ours.config.normalize_waveform
+    extractor = Wav2Vec2FeatureExtractor.from_pretrained(tmp_path / "hf")
+    inputs = extractor(list(wavs.numpy()), sampling_rate=16000, return_tensors="pt").input_values
+    with torch.no_grad():
+        hidden, _ = ours.extract_hidden_states(wavs)
+    assert_matches(hidden, hf_reference(ref, inputs))

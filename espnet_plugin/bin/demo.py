@@ -61,8 +61,8 @@ def distill_and_prune(teacher, wavs: torch.Tensor, steps: int, target: float):
     optimizer = torch.optim.AdamW(
         [
             {"params": student.main_parameters(), "lr": 2e-4},
-            {"params": student.gate_parameters(), "lr": 0.1, "weight_decay": 0.0},
-            lagrangian.optimizer_group(0.1),
+            {"params": student.gate_parameters(), "lr": 0.05, "weight_decay": 0.0},
+            lagrangian.optimizer_group(0.02),
         ]
     )
     full = float(teacher.num_params())

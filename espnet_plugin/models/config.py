@@ -85,6 +85,9 @@ class EncoderConfig:
     pos_conv_kernel: int = 128
     pos_conv_groups: int = 16
     layer_norm_eps: float = 1e-5
+    # zero-mean unit-variance per utterance before the CNN (fairseq task ``normalize``;
+    # HuBERT Large, wav2vec 2.0 LV-60k and WavLM Large were trained with it)
+    normalize_waveform: bool = False
     dropout: float = 0.0
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0

@@ -28,7 +28,8 @@ class SpeechEncoder(nn.Module):
     index 0 is the feature-projection output (before the positional convolution; padded
     frames zeroed), index i the output of transformer layer i. For pre-LN (Large) models the
     last one has the encoder's final LayerNorm applied, the others are the raw residual
-    stream. This is the SUPERB / s3prl convention for these models.
+    stream. Indices 1..N equal s3prl's upstream hidden states for these models; index 0 is
+    the DPHuBERT distillation target (s3prl reports the input of layer 1 there instead).
     """
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -75,6 +76,8 @@ class SpeechEncoder(nn.Module):
     def forward(
         self, wavs: torch.Tensor, wav_lengths: Optional[torch.Tensor] = None
     ) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+        if self.config.normalize_waveform:
+            wavs = normalize_waveforms(wavs, wav_lengths)
         features = self.feature_extractor(wavs)
         x = self.feature_projection(features, self.feature_extractor.last_gate())
         lengths = None if wav_lengths is None else self.frame_lengths(wav_lengths).clamp(0, x.shape[1])
@@ -138,6 +141,17 @@ class SpeechEncoder(nn.Module):
 
     def main_parameters(self) -> List[nn.Parameter]:
         return [p for name, p in self.named_parameters() if not name.endswith("log_alpha")]
+
+
+def normalize_waveforms(wavs: torch.Tensor, lengths: Optional[torch.Tensor], eps: float = 1e-5) -> torch.Tensor:
+    """Zero mean, unit variance over each utterance's valid samples; padding stays 0."""
+    if lengths is None:
+        return torch.nn.functional.layer_norm(wavs, wavs.shape[-1:], eps=eps)
+    mask = (torch.arange(wavs.shape[1], device=wavs.device)[None] < lengths[:, None]).to(wavs.dtype)
+    count = mask.sum(1, keepdim=True).clamp_min(1)
+    mean = (wavs * mask).sum(1, keepdim=True) / count
+    var = (((wavs - mean) * mask) ** 2).sum(1, keepdim=True) / count
+    return (wavs - mean) * torch.rsqrt(var + eps) * mask
 
 
 def _describe(x) -> str:

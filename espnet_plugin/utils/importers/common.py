@@ -27,7 +27,8 @@ ACCEPTED_FORMATS = (
     "a compact model directory written by espnet-compress (config.yaml + model.safetensors)",
     "a Hugging Face transformers directory or model (HubertModel, WavLMModel, Wav2Vec2Model, "
     "or their CTC / pre-training classes)",
-    "a fairseq HuBERT or wav2vec 2.0 checkpoint (.pt with 'cfg' or 'args' and 'model')",
+    "a fairseq HuBERT or wav2vec 2.0 checkpoint (.pt with 'cfg' or 'args' and 'model'; pre-trained or "
+    "fine-tuned *_ctc), or s3prl's converted copy of one ('model_cfg', 'task_cfg', 'model_weight')",
     "an official WavLM checkpoint (.pt with 'cfg' and 'model')",
     "a torchaudio Wav2Vec2Model (object, or .pt holding the model or its state_dict)",
     "an ESPnet HuBERT checkpoint (espnet2.bin.hubert_train output: *.pth, config.yaml beside or above it)",

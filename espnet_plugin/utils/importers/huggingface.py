@@ -11,6 +11,7 @@ layers 1 .. N-1. Our index 0 is HF's ``feature_projection`` output.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from torch import nn
@@ -76,4 +77,8 @@ def from_hf_dir(path: Path) -> SpeechEncoder:
         raise CheckpointFormatError(
             f"{path}: transformers model type {module.config.model_type!r} is not HuBERT, WavLM or wav2vec 2.0"
         )
-    return from_hf_model(module, str(path))
+    model = from_hf_model(module, str(path))
+    preprocessor = path / "preprocessor_config.json"
+    if preprocessor.is_file():  # HF normalises outside the model; ours does it inside
+        model.config.normalize_waveform = bool(json.loads(preprocessor.read_text()).get("do_normalize", False))
+    return model
