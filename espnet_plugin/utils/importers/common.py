@@ -12,7 +12,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -97,16 +97,21 @@ _HF_TO_OURS = [
 ]
 
 
-def hf_style_to_ours(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def rename_keys(state: Mapping[str, torch.Tensor], rules: Sequence[Tuple[str, str]]) -> Dict[str, torch.Tensor]:
+    """Apply the first matching (regex, replacement) rule to every key; others are kept."""
     out = {}
     for key, value in state.items():
-        for pattern, repl in _HF_TO_OURS:
+        for pattern, repl in rules:
             new, n = re.subn(pattern, repl, key)
             if n:
                 key = new
                 break
         out[key] = value
     return out
+
+
+def hf_style_to_ours(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return rename_keys(state, _HF_TO_OURS)
 
 
 def split_in_proj(state: Dict[str, torch.Tensor], prefix: str, new_prefix: str) -> None:

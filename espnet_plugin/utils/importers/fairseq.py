@@ -49,6 +49,7 @@ from espnet_plugin.models import EncoderConfig, SpeechEncoder
 from espnet_plugin.utils.importers.common import (
     CheckpointFormatError,
     build_from_hf_style,
+    rename_keys,
     strip_prefix,
     uniform_layers,
 )
@@ -219,15 +220,7 @@ def encoder_config(arch: Mapping[str, Any], model_type: str, source: str, **extr
 # ---------------------------------------------------------------- weights
 def fairseq_to_hf_style(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """fairseq (and official WavLM) names -> HF-style names; unknown names are kept."""
-    out = {}
-    for key, value in state.items():
-        for pattern, repl in _FAIRSEQ_TO_HF:
-            new, n = re.subn(pattern, repl, key)
-            if n:
-                key = new
-                break
-        out[key] = value
-    return out
+    return rename_keys(state, _FAIRSEQ_TO_HF)
 
 
 def add_identity_projection(state: Dict[str, torch.Tensor], config: EncoderConfig) -> None:
