@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import ast
 import enum
-import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
