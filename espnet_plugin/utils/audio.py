@@ -50,3 +50,38 @@ def synthesize(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 5
     ).stdout
     data, rate = soundfile.read(io.BytesIO(wav_bytes), dtype="float32")
     return AF.resample(torch.from_numpy(data), rate, SAMPLE_RATE)
+
+
+def check_scp_audio(scp: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> int:
+    """Check every entry of a Kaldi-style wav.scp from its header; returns the entry count.
+
+    Raises AudioError naming the scp line and the file: missing, unreadable, empty, or at
+    another sample rate. Headers only, so this is cheap even for large corpora.
+    """
+    import soundfile
+
+    scp = Path(scp)
+    if not scp.is_file():
+        raise AudioError(f"{scp}: no such wav.scp")
+    count = 0
+    with scp.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2:
+                raise AudioError(f"{scp}:{number}: expected 'utterance_id path', got {line.strip()!r}")
+            path = Path(parts[1].strip())
+            where = f"{scp}:{number} ({parts[0]})"
+            if not path.is_file():
+                raise AudioError(f"{where}: {path}: no such audio file")
+            try:
+                info = soundfile.info(str(path))
+            except (RuntimeError, soundfile.LibsndfileError) as exc:
+                raise AudioError(f"{where}: {path}: unreadable or corrupt audio ({exc})") from exc
+            if info.frames == 0:
+                raise AudioError(f"{where}: {path}: the audio file is empty (0 samples)")
+            if info.samplerate != sample_rate:
+                raise AudioError(f"{where}: {path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz")
+            count += 1
+    return count

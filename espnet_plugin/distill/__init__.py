@@ -1,0 +1,1 @@
+"""Distillation models for ESPnet tasks (imports ESPnet)."""

@@ -1,0 +1,109 @@
+"""The ESPnet model of DPHuBERT: a (gated) student distilled from a frozen teacher.
+
+The teacher is held outside the module tree (it is never trained, never wrapped by DDP and
+never written into the student's checkpoints); it follows the student's device. With gates
+on, the sparsity Lagrangian adds ``lambda1 (s - t) + lambda2 (s - t)^2`` where ``s`` is the
+expected sparsity of parameters or of MACs relative to the teacher and ``t`` is the target,
+ramped linearly over ``sparsity_warmup_steps`` training forward passes. The step counter is
+a buffer, so a resumed run continues the same schedule.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from espnet2.train.abs_espnet_model import AbsESPnetModel
+
+from espnet_plugin.losses import build_distill_loss
+from espnet_plugin.models import SpeechEncoder
+from espnet_plugin.models.components import frame_key_mask
+from espnet_plugin.pruning import SparsityLagrangian
+
+SPARSITY_METRICS = ("params", "macs")
+
+
+class DistillPruneModel(AbsESPnetModel):
+    def __init__(
+        self,
+        student: SpeechEncoder,
+        teacher: SpeechEncoder,
+        distill_losses: Optional[List[Dict[str, Any]]] = None,
+        target_sparsity: Optional[float] = None,
+        sparsity_metric: str = "params",
+        sparsity_warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        if sparsity_metric not in SPARSITY_METRICS:
+            raise ValueError(f"sparsity_metric must be one of {SPARSITY_METRICS}, got {sparsity_metric!r}")
+        self.student = student
+        self._teacher = [teacher.eval().requires_grad_(False)]  # a list hides it from the module tree
+        specs = distill_losses or [{"name": "layer_to_layer"}]
+        self.distill_loss = build_distill_loss(specs, student.config.embed_dim, teacher.config.embed_dim)
+        self.sparsity_metric = sparsity_metric
+        self.lagrangian: Optional[SparsityLagrangian] = None
+        if target_sparsity is not None:
+            if not student.config.gates.any:
+                raise ValueError("target_sparsity needs gates: switch some on in the student's gates config")
+            self.lagrangian = SparsityLagrangian(target_sparsity, sparsity_warmup_steps)
+        reference = teacher.num_params() if sparsity_metric == "params" else teacher.expected_macs().item()
+        self.register_buffer("reference_cost", torch.tensor(float(reference)), persistent=False)
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+
+    @property
+    def teacher(self) -> SpeechEncoder:
+        return self._teacher[0]
+
+    def expected_sparsity(self, deterministic: bool = False) -> torch.Tensor:
+        if self.sparsity_metric == "params":
+            cost = self.student.expected_params(deterministic)
+        else:
+            cost = self.student.expected_macs(deterministic)
+        return 1.0 - cost.to(self.reference_cost.device) / self.reference_cost
+
+    def forward(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        teacher = self.teacher
+        if next(teacher.parameters()).device != speech.device:
+            teacher.to(speech.device)
+        with torch.no_grad():
+            targets, _ = teacher(speech, speech_lengths)
+        hidden, frame_lengths = self.student(speech, speech_lengths)
+        mask = frame_key_mask(frame_lengths, hidden[0].shape[1])
+        distill, stats = self.distill_loss(hidden, targets, mask)
+        loss = distill
+        stats = {**stats, "distill": distill.detach()}
+        if self.lagrangian is not None:
+            step = int(self.num_steps)
+            sparsity = self.expected_sparsity()
+            penalty = self.lagrangian(sparsity, step)
+            loss = loss + penalty
+            stats.update(
+                expected_sparsity=sparsity.detach(),
+                target_sparsity=torch.tensor(self.lagrangian.target_at(step)),
+                lambda1=self.lagrangian.lambda1.detach(),
+                lambda2=self.lagrangian.lambda2.detach(),
+                lagrangian=penalty.detach(),
+            )
+            if self.training:
+                self.num_steps += 1
+        stats["loss"] = loss.detach()
+        batch_size = torch.tensor(speech.shape[0], device=loss.device)
+        return loss, stats, batch_size
+
+    def collect_feats(self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs) -> Dict[str, torch.Tensor]:
+        return {"feats": speech, "feats_lengths": speech_lengths}
+
+    def parameter_groups(self, lr: float, gate_lr: float, lambda_lr: float) -> List[Dict[str, Any]]:
+        """Main weights, gate logits and Lagrange multipliers (ascent), each with its own lr."""
+        gates = self.student.gate_parameters()
+        gate_ids = {id(p) for p in gates}
+        lambdas = self.lagrangian.multipliers() if self.lagrangian is not None else []
+        lambda_ids = {id(p) for p in lambdas}
+        main = [p for p in self.parameters() if id(p) not in gate_ids | lambda_ids and p.requires_grad]
+        groups: List[Dict[str, Any]] = [{"params": main, "lr": lr}]
+        if gates:
+            groups.append({"params": gates, "lr": gate_lr, "weight_decay": 0.0})
+        if self.lagrangian is not None:
+            groups.append(self.lagrangian.optimizer_group(lambda_lr))
+        return groups

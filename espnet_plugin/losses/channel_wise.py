@@ -1,0 +1,69 @@
+"""Channel-wise distillation (Shu et al., ICCV 2021) over time for speech features."""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from espnet_plugin.losses.abs_loss import DEFAULT_LAYER_MAP, DistillLoss, identity_linear, pair_name, parse_layer_map
+
+
+def channel_distribution_kl(student: Tensor, teacher: Tensor, mask: Tensor, temperature: float) -> Tensor:
+    """``tau^2 / (B C) * sum_{b,c} KL(softmax_t(teacher/tau) || softmax_t(student/tau))``.
+
+    student/teacher (B, C, T), mask (B, T). Each channel of each utterance is a distribution
+    over its valid frames only: padded frames are filled with the lowest float before the
+    softmax (exactly zero probability, no inf - inf) and their terms dropped.
+    """
+    valid = mask.unsqueeze(1)
+    fill = torch.finfo(student.dtype).min
+    log_s = torch.log_softmax((student / temperature).masked_fill(~valid, fill), dim=-1)
+    log_t = torch.log_softmax((teacher / temperature).masked_fill(~valid, fill), dim=-1)
+    kl = torch.where(valid, log_t.exp() * (log_t - log_s), 0.0)
+    batch, channels = student.shape[:2]
+    return kl.sum() / (batch * channels) * temperature**2
+
+
+def alignment(student_dim: int, teacher_dim: int) -> nn.Module:
+    """A 1x1 map (over channels) to the teacher width, identity-initialised; none if equal."""
+    return nn.Identity() if student_dim == teacher_dim else identity_linear(student_dim, teacher_dim)
+
+
+class ChannelWiseLoss(DistillLoss):
+    """Each channel's activation over time, as a distribution, should match the teacher's.
+
+    Softmax over the valid frames at ``temperature``, KL(teacher || student), summed over
+    frames, averaged over utterances and channels, times ``temperature^2`` (keeps gradient
+    scale independent of the temperature). Normalising per channel makes the loss insensitive
+    to each channel's scale and offset, unlike L1. A 1x1 alignment (identity-initialised) maps
+    the student to the teacher width when they differ. The pairs are averaged.
+    """
+
+    def __init__(
+        self,
+        student_dim: int,
+        teacher_dim: int,
+        layer_map: Sequence[Sequence[int]] = DEFAULT_LAYER_MAP,
+        temperature: float = 4.0,
+    ) -> None:
+        super().__init__(student_dim, teacher_dim)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.layer_map = parse_layer_map(layer_map)
+        self.temperature = temperature
+        self.align = nn.ModuleList(alignment(student_dim, teacher_dim) for _ in self.layer_map)
+
+    def extra_repr(self) -> str:
+        return f"layer_map={self.layer_map}, temperature={self.temperature}"
+
+    def forward(self, student: List[Tensor], teacher: List[Tensor], mask: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        total, stats = 0.0, {}
+        for align, (s_idx, t_idx) in zip(self.align, self.layer_map):
+            s, t = self._pair(student, teacher, mask, s_idx, t_idx)
+            term = channel_distribution_kl(align(s).transpose(1, 2), t.transpose(1, 2), mask, self.temperature)
+            total = total + term
+            stats[f"kl_{pair_name(s_idx, t_idx)}"] = term.detach()
+        loss = total / len(self.layer_map)
+        stats["loss"] = loss.detach()
+        return loss, stats

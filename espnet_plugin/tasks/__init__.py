@@ -1,0 +1,1 @@
+"""ESPnet task classes (they import ESPnet; import them explicitly)."""

@@ -1,0 +1,125 @@
+"""DistillPruneTask: DPHuBERT joint distillation + structured pruning through ESPnet's trainer.
+
+Stage 1 distils a gated copy of the teacher while the sparsity Lagrangian drives the
+expected parameter (or MAC) count to the target; stage 2 is the same task with gates off
+on the pruned student (``--student_path``), the stage-1 distillation heads carried over
+with ``--init_param``. Data: a Kaldi-style ``wav.scp`` of unlabeled 16 kHz speech, read as
+``speech`` with type ``sound``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Callable, Collection, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from espnet2.tasks.abs_task import AbsTask, optim_classes
+from espnet2.train.class_choices import ClassChoices
+from espnet2.train.collate_fn import CommonCollateFn
+from espnet2.utils.nested_dict_action import NestedDictAction
+from espnet2.utils.types import str2bool, str_or_none
+
+from espnet_plugin.distill.model import DistillPruneModel
+from espnet_plugin.distill.student import build_student
+from espnet_plugin.models import ConfigError, GateConfig
+from espnet_plugin.tasks.atomic_trainer import AtomicCheckpointTrainer
+from espnet_plugin.utils.audio import check_scp_audio
+from espnet_plugin.utils.importers import import_model
+
+model_choices = ClassChoices(
+    "model",
+    classes=dict(distill_prune=DistillPruneModel),
+    type_check=DistillPruneModel,
+    default="distill_prune",
+)
+
+
+class DistillPruneTask(AbsTask):
+    num_optimizers: int = 1
+    class_choices_list = [model_choices]
+    trainer = AtomicCheckpointTrainer
+
+    @classmethod
+    def add_task_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(description="Task related")
+        required = parser.get_default("required")
+        required += ["teacher_path"]
+        group.add_argument(
+            "--teacher_path", type=str_or_none, default=None,
+            help="teacher checkpoint or model directory, in any format espnet_plugin imports",
+        )
+        group.add_argument(
+            "--student_path", type=str_or_none, default=None,
+            help="initialise the student from this compact model directory (stage 2)",
+        )
+        group.add_argument(
+            "--student_conf", action=NestedDictAction, default=dict(),
+            help="a smaller student (DistilHuBERT-style): num_layers, num_heads, ffn_dim, init_from_teacher",
+        )
+        group.add_argument(
+            "--gates_conf", action=NestedDictAction, default=dict(),
+            help="hard-concrete gates on the student: conv_channels, attention_heads, attention_blocks, "
+            "ffn_units, ffn_blocks (bool), init_drop_rate, ffn_units_init_drop_rate",
+        )
+        group.add_argument("--gate_lr", type=float, default=0.02, help="learning rate of the gate logits")
+        group.add_argument(
+            "--lambda_lr", type=float, default=0.02, help="learning rate of the Lagrange multipliers (ascent)"
+        )
+        group.add_argument(
+            "--check_audio", type=str2bool, default=True,
+            help="check every wav.scp entry's header (readable, non-empty, 16 kHz) before training",
+        )
+        for class_choices in cls.class_choices_list:
+            class_choices.add_arguments(group)
+
+    @classmethod
+    def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> Callable[
+        [Collection[Tuple[str, Dict[str, np.ndarray]]]], Tuple[List[str], Dict[str, torch.Tensor]]
+    ]:
+        return CommonCollateFn(float_pad_value=0.0, int_pad_value=-1)
+
+    @classmethod
+    def build_preprocess_fn(
+        cls, args: argparse.Namespace, train: bool
+    ) -> Optional[Callable[[str, Dict[str, np.ndarray]], Dict[str, np.ndarray]]]:
+        if args.check_audio:
+            specs = args.train_data_path_and_name_and_type if train else args.valid_data_path_and_name_and_type
+            for path, _, kind in specs or []:
+                if kind == "sound":
+                    check_scp_audio(path)
+        return None
+
+    @classmethod
+    def required_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        return ("speech",)
+
+    @classmethod
+    def optional_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        return ()
+
+    @classmethod
+    def build_model(cls, args: argparse.Namespace) -> DistillPruneModel:
+        try:
+            gates = GateConfig(**args.gates_conf)
+        except TypeError as exc:
+            raise ConfigError(f"gates_conf: {exc}; accepted keys are {list(GateConfig.__dataclass_fields__)}") from exc
+        teacher, provenance = import_model(args.teacher_path)
+        logging.info("teacher %s (%s): %.2f M params", args.teacher_path, provenance["source_format"], teacher.num_params() / 1e6)
+        student = build_student(teacher, gates, args.student_path, args.student_conf)
+        model_class = model_choices.get_class(args.model)
+        try:
+            return model_class(student=student, teacher=teacher, **args.model_conf)
+        except TypeError as exc:
+            raise ConfigError(f"model_conf: {exc}") from exc
+
+    @classmethod
+    def build_optimizers(cls, args: argparse.Namespace, model: torch.nn.Module) -> List[torch.optim.Optimizer]:
+        """One optimizer, three groups: weights (optim_conf lr), gate logits, multipliers (ascent)."""
+        optim_class = optim_classes.get(args.optim)
+        if optim_class is None:
+            raise ValueError(f"must be one of {list(optim_classes)}: {args.optim}")
+        conf = dict(args.optim_conf)
+        lr = conf.pop("lr", 1e-3)
+        groups = model.parameter_groups(lr, args.gate_lr, args.lambda_lr)
+        return [optim_class(groups, lr=lr, **conf)]

@@ -1,0 +1,101 @@
+"""DistillPruneTask through ESPnet's own trainer: stage 1, export, stage 2, configs."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+import yaml
+
+import espnet_plugin
+from espnet_plugin.compact import save_model
+from espnet_plugin.models import SpeechEncoder
+from espnet_plugin.utils.audio import synthesize
+from espnet_plugin.utils.kaldi_data import write_scp, write_shape_file
+from tests.conftest import randomize_, tiny_config
+
+CONF_DIR = Path(espnet_plugin.__file__).parent / "conf"
+SENTENCES = [
+    "the cat sat on the mat", "a quick brown fox", "speech models are large", "prune the heads",
+    "keep what matters", "distil the teacher", "small devices need small models", "hello world again",
+]
+VOICES = ["en-us", "en-us+f3", "en-gb", "en-us+m3"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Eight espeak-ng utterances (Kaldi-style data dir) and a tiny random HuBERT teacher."""
+    root = tmp_path_factory.mktemp("distill")
+    entries = {}
+    for i, text in enumerate(SENTENCES):
+        wav = synthesize(text, VOICES[i % len(VOICES)], speed=150 + 10 * i)
+        path = root / "wav" / f"utt{i:02d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(path, wav.numpy(), 16000)
+        entries[f"utt{i:02d}"] = str(path)
+    write_scp(root / "data" / "wav.scp", entries)
+    write_shape_file(root / "data" / "wav.scp", root / "data" / "speech_shape")
+    torch.manual_seed(0)
+    teacher = randomize_(SpeechEncoder(tiny_config(num_layers=2, heads=4, ffn=64)), std=0.1)
+    save_model(teacher, root / "teacher", {"source": "random tiny HuBERT"})
+    return root
+
+
+def train_command(workdir: Path, output_dir: Path, config: Path, *extra: str):
+    data = workdir / "data"
+    return [
+        sys.executable, "-m", "espnet_plugin.bin.distill_prune_train",
+        "--config", str(config),
+        "--teacher_path", str(workdir / "teacher"),
+        "--output_dir", str(output_dir),
+        "--ngpu", "0",
+        "--seed", "0",
+        "--train_data_path_and_name_and_type", f"{data / 'wav.scp'},speech,sound",
+        "--train_shape_file", str(data / "speech_shape"),
+        "--valid_data_path_and_name_and_type", f"{data / 'wav.scp'},speech,sound",
+        "--valid_shape_file", str(data / "speech_shape"),
+        *extra,
+    ]
+
+
+def run(command, **kwargs):
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def reporter_stats(exp: Path):
+    return torch.load(exp / "checkpoint.pth", map_location="cpu", weights_only=False)["reporter"]["stats"]
+
+
+@pytest.fixture(scope="module")
+def stage1(workdir):
+    exp = workdir / "exp" / "stage1"
+    run(train_command(workdir, exp, CONF_DIR / "tiny_stage1.yaml"))
+    return exp
+
+
+def test_stage1_reaches_target_sparsity_and_loss_falls(stage1):
+    stats = reporter_stats(stage1)
+    epochs = sorted(stats)
+    first, last = stats[epochs[0]]["train"], stats[epochs[-1]]["train"]
+    assert last["distill"] < first["distill"]
+    assert abs(last["expected_sparsity"] - 0.5) < 0.02
+    assert last["target_sparsity"] == pytest.approx(0.5)
+
+
+def test_export_prunes_to_the_requested_size(stage1, workdir, tmp_path):
+    out = tmp_path / "pruned"
+    run([sys.executable, "-m", "espnet_plugin.bin.export_model", "--config", str(stage1 / "config.yaml"),
+         "--checkpoint", str(stage1 / "latest.pth"), "--output_dir", str(out)])
+    summary = yaml.safe_load((out / "summary.yaml").read_text())
+    teacher = espnet_plugin.load_model(workdir / "teacher")
+    student = espnet_plugin.load_model(out)
+    assert summary["params"] == student.num_params()
+    assert abs(student.num_params() / teacher.num_params() - 0.5) < 0.005
+    for name in ("architecture.png", "training.png", "distill_loss.pth"):
+        assert (out / name).stat().st_size > 0
+    # checkpoints hold the student only: never the teacher
+    state = torch.load(stage1 / "latest.pth", map_location="cpu")
+    assert not any(k.startswith(("teacher", "_teacher")) for k in state)
