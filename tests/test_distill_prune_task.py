@@ -99,3 +99,94 @@ def test_export_prunes_to_the_requested_size(stage1, workdir, tmp_path):
     # checkpoints hold the student only: never the teacher
     state = torch.load(stage1 / "latest.pth", map_location="cpu")
     assert not any(k.startswith(("teacher", "_teacher")) for k in state)
+
+
+@pytest.fixture(scope="module")
+def stage1_export(stage1, workdir):
+    out = workdir / "exp" / "stage1_pruned"
+    run([sys.executable, "-m", "espnet_plugin.bin.export_model", "--config", str(stage1 / "config.yaml"),
+         "--checkpoint", str(stage1 / "latest.pth"), "--output_dir", str(out)])
+    return out
+
+
+def test_stage2_distils_the_pruned_student_and_exports(stage1_export, workdir):
+    exp = workdir / "exp" / "stage2"
+    run(train_command(workdir, exp, CONF_DIR / "tiny_stage2.yaml", "--student_path", str(stage1_export),
+                      "--init_param", str(stage1_export / "distill_loss.pth")))
+    stats = reporter_stats(exp)
+    epochs = sorted(stats)
+    assert stats[epochs[-1]]["train"]["distill"] < stats[epochs[0]]["train"]["distill"]
+    assert "expected_sparsity" not in stats[epochs[-1]]["train"]  # regulariser off
+    # the stage-1 projections were carried over, not re-initialised to identity
+    heads = torch.load(stage1_export / "distill_loss.pth")
+    stage2_end = torch.load(exp / "latest.pth", map_location="cpu")
+    key = next(k for k in heads if k.endswith("weight"))
+    assert not torch.equal(heads[key], torch.eye(heads[key].shape[0]))
+    assert (stage2_end[key] - heads[key]).abs().max() < 0.05
+    final = workdir / "exp" / "final"
+    run([sys.executable, "-m", "espnet_plugin.bin.export_model", "--config", str(exp / "config.yaml"),
+         "--checkpoint", str(exp / "valid.loss.best.pth"), "--output_dir", str(final)])
+    pruned, student = espnet_plugin.load_model(stage1_export), espnet_plugin.load_model(final)
+    assert student.config == pruned.config and student.num_params() == pruned.num_params()
+    wav = torch.randn(1, 8000)
+    with torch.no_grad():
+        assert not torch.allclose(student(wav)[0][-1], pruned(wav)[0][-1])  # stage 2 trained it
+
+
+def test_mac_budget_reaches_its_target(workdir):
+    exp = workdir / "exp" / "macs"
+    run(train_command(workdir, exp, CONF_DIR / "tiny_stage1_macs.yaml"))
+    last = reporter_stats(exp)
+    last = last[max(last)]["train"]
+    assert abs(last["expected_sparsity"] - 0.5) < 0.02
+
+
+def test_distilhubert_baseline_trains_a_smaller_student(workdir):
+    exp = workdir / "exp" / "distilhubert"
+    run(train_command(workdir, exp, CONF_DIR / "tiny_distilhubert.yaml", "--max_epoch", "3"))
+    stats = reporter_stats(exp)
+    assert stats[3]["train"]["distill"] < stats[1]["train"]["distill"]
+    from espnet_plugin.tasks.distill_prune import DistillPruneTask
+
+    model, _ = DistillPruneTask.build_model_from_file(exp / "config.yaml", exp / "3epoch.pth", device="cpu")
+    assert model.student.config.num_layers == 1
+    assert len(model.distill_loss.losses["prediction_heads"].heads) == 2
+
+
+def test_print_config_reloads_through_config(tmp_path):
+    printed = run([sys.executable, "-m", "espnet_plugin.bin.distill_prune_train", "--print_config",
+                   "--gate_lr", "0.05"]).stdout
+    config = yaml.safe_load(printed)
+    assert config["gate_lr"] == 0.05 and config["model"] == "distill_prune"
+    (tmp_path / "printed.yaml").write_text(printed)
+    from espnet_plugin.tasks.distill_prune import DistillPruneTask
+
+    args = DistillPruneTask.get_parser().parse_args(["--config", str(tmp_path / "printed.yaml")])
+    assert args.gate_lr == 0.05 and args.lambda_lr == config["lambda_lr"]
+
+
+@pytest.fixture(scope="module")
+def full_size_teachers(tmp_path_factory):
+    """Random-weight teachers of the paper configs' sizes (no pretrained weights here)."""
+    from espnet_plugin.models.model import hubert_base, hubert_large, wavlm_base
+
+    root = tmp_path_factory.mktemp("teachers")
+    for name, factory in [("hubert_base", hubert_base), ("wavlm_base_plus", wavlm_base), ("hubert_large", hubert_large)]:
+        save_model(SpeechEncoder(factory()), root / name)
+    return root
+
+
+def test_every_shipped_config_passes_dry_run(workdir, full_size_teachers, tmp_path):
+    from espnet_plugin.tasks.distill_prune import DistillPruneTask
+
+    configs = sorted(CONF_DIR.glob("*.yaml"))
+    assert len(configs) >= 10
+    for config in configs:
+        teacher = workdir / "teacher"
+        for name in ("hubert_base", "wavlm_base_plus", "hubert_large", "distilhubert_base"):
+            if config.name.startswith(name):
+                teacher = full_size_teachers / name.replace("distilhubert_base", "hubert_base")
+        command = train_command(workdir, tmp_path / config.stem, config, "--dry_run", "true")[3:]
+        command[command.index("--teacher_path") + 1] = str(teacher)
+        DistillPruneTask.main(cmd=command)
+        assert (tmp_path / config.stem / "config.yaml").is_file(), config
