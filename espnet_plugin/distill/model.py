@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_plugin.losses import build_distill_loss
@@ -89,7 +90,8 @@ class DistillPruneModel(AbsESPnetModel):
                 self.num_steps += 1
         stats["loss"] = loss.detach()
         batch_size = torch.tensor(speech.shape[0], device=loss.device)
-        return loss, stats, batch_size
+        # 1-dim weight and tensors on one device: what ESPnet's DDP / DataParallel averaging expects
+        return force_gatherable((loss, stats, batch_size), loss.device)
 
     def collect_feats(self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs) -> Dict[str, torch.Tensor]:
         return {"feats": speech, "feats_lengths": speech_lengths}

@@ -26,6 +26,9 @@ def atomic_save(obj, f, *args, **kwargs) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp, *args, **kwargs)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
