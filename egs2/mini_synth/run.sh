@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Compress a speech SSL model end to end on a CPU, from nothing: synthesise a corpus,
+# pretrain a small HuBERT teacher with ESPnet, distil + prune it (DPHuBERT), distil a
+# DistilHuBERT-style baseline. Re-runnable: a finished stage leaves a stamp and is skipped.
+#
+#   bash run.sh [--stage N] [--stop_stage M] [--seed S] [--exp DIR]
+set -euo pipefail
+
+stage=1
+stop_stage=100
+seed=0
+exp=exp
+num_speakers=32
+utts_per_speaker=40
+num_clusters=50
+python=${PYTHON:-python3}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stage) stage=$2; shift 2 ;;
+    --stop_stage) stop_stage=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
+    --exp) exp=$2; shift 2 ;;
+    --num_speakers) num_speakers=$2; shift 2 ;;
+    --utts_per_speaker) utts_per_speaker=$2; shift 2 ;;
+    --num_clusters) num_clusters=$2; shift 2 ;;
+    *) echo "unknown option: $1" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+corpus=${exp}/corpus
+data=${corpus}/data
+mkdir -p "${exp}/stamps"
+
+# run_stage N NAME: true when stage N is selected and not finished before
+run_stage() {
+  [ "$1" -ge "${stage}" ] && [ "$1" -le "${stop_stage}" ] || return 1
+  if [ -e "${exp}/stamps/$1.done" ]; then echo "stage $1 ($2): done before, skipped"; return 1; fi
+  echo "=== stage $1: $2"
+}
+finish() { touch "${exp}/stamps/$1.done"; }
+
+data_args() {  # TRAIN_DIR DEV_DIR [EXTRA_NAME_TYPE...]
+  echo --train_data_path_and_name_and_type "$1/wav.scp,speech,sound" --train_shape_file "$1/speech_shape" \
+       --valid_data_path_and_name_and_type "$2/wav.scp,speech,sound" --valid_shape_file "$2/speech_shape"
+}
+
+if run_stage 1 "synthesise the corpus with espeak-ng"; then
+  ${python} local/synth_corpus.py --out "${corpus}" --num_speakers "${num_speakers}" \
+    --utts_per_speaker "${utts_per_speaker}" --seed "${seed}"
+  finish 1
+fi
+
+if run_stage 2 "MFCC k-means targets for HuBERT"; then
+  ${python} local/mfcc_kmeans.py --fit_dir "${data}/train" --label_dir "${data}/train" --label_dir "${data}/dev" \
+    --num_clusters "${num_clusters}" --token_list "${exp}/hubert_tokens.txt" --seed "${seed}"
+  finish 2
+fi
+
+if run_stage 3 "pretrain the HuBERT teacher (espnet2.bin.hubert_train)"; then
+  ${python} -m espnet2.bin.hubert_train --config conf/teacher_hubert.yaml --output_dir "${exp}/teacher_hubert" \
+    --ngpu 0 --seed "${seed}" --num_classes "$(wc -l < "${exp}/hubert_tokens.txt")" \
+    --use_preprocessor true --token_type word --token_list "${exp}/hubert_tokens.txt" \
+    --bpemodel none --non_linguistic_symbols none --cleaner none --g2p none \
+    $(data_args "${data}/train" "${data}/dev") \
+    --train_data_path_and_name_and_type "${data}/train/hubert_labels,text,text" \
+    --valid_data_path_and_name_and_type "${data}/dev/hubert_labels,text,text"
+  finish 3
+fi
+
+if run_stage 4 "import the teacher"; then
+  ${python} -m espnet_plugin.bin.import_model --input "${exp}/teacher_hubert" --output_dir "${exp}/teacher"
+  finish 4
+fi
+
+distill() {  # CONFIG OUTPUT_DIR [EXTRA...]
+  local config=$1 out=$2; shift 2
+  ${python} -m espnet_plugin.bin.distill_prune_train --config "${config}" --teacher_path "${exp}/teacher" \
+    --output_dir "${out}" --ngpu 0 --seed "${seed}" $(data_args "${data}/train" "${data}/dev") "$@"
+}
+
+if run_stage 5 "DPHuBERT stage 1: distil + prune"; then
+  distill conf/distill_prune_stage1.yaml "${exp}/stage1"
+  ${python} -m espnet_plugin.bin.export_model --config "${exp}/stage1/config.yaml" \
+    --checkpoint "${exp}/stage1/latest.pth" --output_dir "${exp}/stage1_pruned"
+  finish 5
+fi
+
+if run_stage 6 "DPHuBERT stage 2: final distillation"; then
+  distill conf/distill_prune_stage2.yaml "${exp}/stage2" --student_path "${exp}/stage1_pruned" \
+    --init_param "${exp}/stage1_pruned/distill_loss.pth"
+  ${python} -m espnet_plugin.bin.export_model --config "${exp}/stage2/config.yaml" \
+    --checkpoint "${exp}/stage2/valid.loss.best.pth" --output_dir "${exp}/compressed"
+  finish 6
+fi
+
+if run_stage 7 "DistilHuBERT-style baseline"; then
+  distill conf/distilhubert.yaml "${exp}/baseline_train"
+  ${python} -m espnet_plugin.bin.export_model --config "${exp}/baseline_train/config.yaml" \
+    --checkpoint "${exp}/baseline_train/valid.loss.best.pth" --output_dir "${exp}/baseline"
+  finish 7
+fi
