@@ -24,6 +24,8 @@ setup(
         "pyyaml",
         "tqdm",
         "matplotlib",
+        "tensorboardX",  # s3prl's downstream runner imports it
+        "pandas",  # s3prl's datasets and problem API
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "transformers>=5,<6"],

@@ -4,6 +4,7 @@
 # DistilHuBERT-style baseline. Re-runnable: a finished stage leaves a stamp and is skipped.
 #
 #   bash run.sh [--stage N] [--stop_stage M] [--seed S] [--exp DIR]
+#               [--teacher_args "ESPnet options"] [--distill_args "ESPnet options"]
 set -euo pipefail
 
 stage=1
@@ -13,6 +14,8 @@ exp=exp
 num_speakers=32
 utts_per_speaker=40
 num_clusters=50
+teacher_args=""   # extra options for espnet2.bin.hubert_train (e.g. "--max_epoch 2")
+distill_args=""   # extra options for every distill_prune_train run
 python=${PYTHON:-python3}
 
 while [ $# -gt 0 ]; do
@@ -24,6 +27,8 @@ while [ $# -gt 0 ]; do
     --num_speakers) num_speakers=$2; shift 2 ;;
     --utts_per_speaker) utts_per_speaker=$2; shift 2 ;;
     --num_clusters) num_clusters=$2; shift 2 ;;
+    --teacher_args) teacher_args=$2; shift 2 ;;
+    --distill_args) distill_args=$2; shift 2 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -66,7 +71,7 @@ if run_stage 3 "pretrain the HuBERT teacher (espnet2.bin.hubert_train)"; then
     --bpemodel none --non_linguistic_symbols none --cleaner none --g2p none \
     $(data_args "${data}/train" "${data}/dev") \
     --train_data_path_and_name_and_type "${data}/train/hubert_labels,text,text" \
-    --valid_data_path_and_name_and_type "${data}/dev/hubert_labels,text,text"
+    --valid_data_path_and_name_and_type "${data}/dev/hubert_labels,text,text" ${teacher_args}
   finish 3
 fi
 
@@ -78,7 +83,7 @@ fi
 distill() {  # CONFIG OUTPUT_DIR [EXTRA...]
   local config=$1 out=$2; shift 2
   ${python} -m espnet_plugin.bin.distill_prune_train --config "${config}" --teacher_path "${exp}/teacher" \
-    --output_dir "${out}" --ngpu 0 --seed "${seed}" $(data_args "${data}/train" "${data}/dev") "$@"
+    --output_dir "${out}" --ngpu 0 --seed "${seed}" $(data_args "${data}/train" "${data}/dev") ${distill_args} "$@"
 }
 
 if run_stage 5 "DPHuBERT stage 1: distil + prune"; then
