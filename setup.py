@@ -11,7 +11,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["espnet_plugin", "espnet_plugin.*", "s3prl_upstream", "s3prl_upstream.*"]),
-    package_data={"espnet_plugin": ["conf/*.yaml"], "s3prl_upstream": ["configs/**/*.yaml"]},
+    package_data={"espnet_plugin": ["conf/*.yaml"], "s3prl_upstream": ["configs/**/*.yaml", "configs/**/*.dict"]},
     python_requires=">=3.10",
     install_requires=[
         "torch==2.11.0",

@@ -24,6 +24,10 @@ shim                 what it does
 ``torch_load``       ``torch.load`` defaults to ``weights_only=True`` since torch 2.6; s3prl's
                      checkpoints pickle ``argparse.Namespace`` (``-e`` / ``-i``) ->
                      ``torch.serialization.add_safe_globals([argparse.Namespace])``.
+``asr_dictionary``   the package ships no ``downstream/asr/char.dict`` -> a missing
+                     ``char.dict`` path resolves to ``configs/asr/char.dict``.
+``sid_cache``        SID caches file lists in site-packages and reuses them for any dataset
+                     -> a cache directory per dataset under ~/.cache/espnet_compress.
 ===================  =========================================================================
 
 ``apply()`` installs them all (idempotent) and returns what each did. The runner also needs
@@ -245,6 +249,59 @@ def shim_torch_load() -> str:
     return "installed"
 
 
+# ------------------------------------------------------------------ ASR char.dict
+def shim_asr_dictionary() -> str:
+    """The pip package lacks ``downstream/asr/char.dict``; our ASR configs name the shipped
+    copy by a repository-relative path. A missing path ending in ``char.dict`` falls back to
+    ``s3prl_upstream/configs/asr/char.dict``, wherever the run starts or the package lives."""
+    import os
+
+    from s3prl.downstream.asr.dictionary import Dictionary
+
+    if getattr(Dictionary.load, "_espnet_compress", False):
+        return "installed"
+    original = Dictionary.load.__func__
+
+    def load(cls, f):
+        if isinstance(f, (str, os.PathLike)) and not os.path.exists(f) and os.path.basename(str(f)) == "char.dict":
+            from s3prl_upstream import CONFIG_DIR
+
+            f = str(CONFIG_DIR / "asr" / "char.dict")
+        return original(cls, f)
+
+    load._espnet_compress = True
+    Dictionary.load = classmethod(load)
+    return "installed"
+
+
+# ------------------------------------------------------------------ SID file-list cache
+def shim_sid_cache() -> str:
+    """SID caches its file lists in ``site-packages/.../voxceleb1/.cache/{mode}.pkl`` and reuses
+    them for any other dataset. Each dataset gets its own cache directory instead, keyed on its
+    root, its split file and the split file's modification time, under ~/.cache."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    from s3prl.downstream.voxceleb1 import dataset as module
+
+    cls = module.SpeakerClassifiDataset
+    if getattr(cls.__init__, "_espnet_compress", False):
+        return "installed"
+    original = cls.__init__
+
+    def __init__(self, mode, file_path, meta_data, max_timestep=None):
+        mtime = os.path.getmtime(meta_data) if os.path.exists(meta_data) else 0
+        key = hashlib.sha1(f"{os.path.abspath(file_path)}|{os.path.abspath(meta_data)}|{mtime}".encode()).hexdigest()
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        module.CACHE_PATH = str(root / "espnet_compress" / "s3prl_sid" / key[:16]) + "/"
+        original(self, mode, file_path, meta_data, max_timestep)
+
+    __init__._espnet_compress = True
+    cls.__init__ = __init__
+    return "installed"
+
+
 SHIMS: Dict[str, Callable[[], str]] = {
     "sox_effects": shim_sox_effects,
     "huggingface_hub": shim_huggingface_hub,
@@ -252,6 +309,8 @@ SHIMS: Dict[str, Callable[[], str]] = {
     "sed_eval": shim_sed_eval,
     "tensorboard": shim_tensorboard,
     "torch_load": shim_torch_load,
+    "asr_dictionary": shim_asr_dictionary,
+    "sid_cache": shim_sid_cache,
 }
 
 

@@ -469,3 +469,38 @@ def test_shim_torch_load_namespace(hub, tmp_path):
     torch.save({"Args": argparse.Namespace(upstream=NAME, seed=1337), "Step": 4}, tmp_path / "states-4.ckpt")
     state = torch.load(tmp_path / "states-4.ckpt", map_location="cpu")  # weights_only=True by default
     assert state["Args"].upstream == NAME and state["Step"] == 4
+
+
+def test_shim_asr_dictionary_finds_the_shipped_char_dict(tmp_path, monkeypatch):
+    from s3prl_upstream import compat
+
+    compat.apply()
+    from s3prl.downstream.asr.dictionary import Dictionary
+
+    monkeypatch.chdir(tmp_path)  # the configs' repository-relative path does not exist here
+    dictionary = Dictionary.load("s3prl_upstream/configs/asr/char.dict")
+    assert dictionary.index("A") != dictionary.unk() and len(dictionary) == 32
+    with pytest.raises(FileNotFoundError):
+        Dictionary.load(str(tmp_path / "other.dict"))  # only char.dict falls back
+
+
+def test_shim_sid_cache_is_per_dataset(tmp_path, monkeypatch):
+    from s3prl_upstream import compat
+
+    compat.apply()
+    from s3prl.downstream.voxceleb1 import dataset as sid
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    seen = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        wav = root / "vox1_dev_wav" / "wav" / "id10001" / "vid" / "00001.wav"
+        wav.parent.mkdir(parents=True)
+        wav.write_bytes(b"")
+        split = root / "iden_split.txt"
+        split.write_text("1 id10001/vid/00001.wav\n")
+        data = sid.SpeakerClassifiDataset("train", root, str(split))
+        seen.append((sid.CACHE_PATH, data.dataset))
+    (cache_a, files_a), (cache_b, files_b) = seen
+    assert cache_a != cache_b and str(tmp_path / "cache") in cache_a
+    assert files_a != files_b  # dataset b did not reuse a's cached list

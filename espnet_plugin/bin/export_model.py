@@ -77,12 +77,12 @@ def plot_architecture(teacher: Dict[str, Any], student: Dict[str, Any], path: Pa
         ("FFN units", [l["ffn_units"] for l in teacher["layers"]], [l["ffn_units"] for l in student["layers"]], "layer"),
     ]
     for ax, (title, full, kept, xlabel) in zip(axes, panels):
-        x = range(1, len(full) + 1)
-        ax.bar(x, full, color="#d0d0d0", label="teacher")
-        ax.bar(x, kept, color="#2c7fb8", label="kept")
+        # a DistilHuBERT-style student may have fewer layers than the teacher
+        ax.bar(range(1, len(full) + 1), full, color="#d0d0d0", label="teacher")
+        ax.bar(range(1, len(kept) + 1), kept, color="#2c7fb8", label="student")
         ax.set_title(title)
         ax.set_xlabel(xlabel)
-        ax.set_xticks(list(x))
+        ax.set_xticks(list(range(1, max(len(full), len(kept)) + 1)))
     axes[0].legend()
     fig.suptitle(
         f"{student['params'] / 1e6:.2f} M of {teacher['params'] / 1e6:.2f} M params, "
