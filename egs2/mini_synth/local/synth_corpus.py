@@ -7,7 +7,7 @@ isolation); each utterance gets additive noise at a random SNR. Output, under --
 
     wav/<spk>/<utt>.wav                       16 kHz mono PCM
     data/{train,dev,test}/{wav.scp,text,utt2spk,spk2utt,speech_shape}
-    data/keywords/{wav.scp,text,utt2spk}      isolated command words (for the KS layout)
+    data/keywords/{wav.scp,text,utt2spk,...}  isolated command and other words (for the KS layout)
 
 Speakers are split disjointly between train / dev / test. The same --seed gives the
 same corpus, byte for byte.
@@ -33,6 +33,8 @@ SAMPLE_RATE = 16000
 VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+# isolated non-command words: Speech Commands' "_unknown_" class
+UNKNOWN_WORDS = ["bed", "bird", "cat", "dog", "happy", "house", "tree", "seven", "marvin", "wow"]
 WORDS = (
     "the a one two three four five six seven eight nine ten red green blue black white small big old new "
     "house car tree river city light water music door window kitchen garden morning evening night day "
@@ -111,7 +113,7 @@ def synthesise(out: Path, num_speakers: int, utts_per_speaker: int, keyword_reps
     for spk in speakers:
         for j, text in enumerate(sentences(utts_per_speaker, rng)):
             jobs.append((f"{spk.name}-s{j:03d}", spk, text, split_of[spk.name]))
-        for word in KEYWORDS:
+        for word in KEYWORDS + UNKNOWN_WORDS:
             for r in range(keyword_reps):
                 jobs.append((f"{spk.name}-k{word}{r}", spk, word, "keywords"))
     groups: Dict[str, list] = {}

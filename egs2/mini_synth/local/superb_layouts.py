@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Lay the synthetic corpus out the way s3prl's SUPERB datasets expect it.
+
+    --task ks:  Speech Commands v1 folders. ``train/WORD/<speaker>_nohash_<n>.wav`` (1 s clips;
+                s3prl takes dev speakers out of it by a hash of the speaker id, so train and dev
+                speakers get ids that hash to their split), ``train/_background_noise_/``,
+                and ``test/{WORD,_unknown_,_silence_}/``.
+    --task asr: a LibriSpeech tree (``train-clean-100``, ``dev-clean``, ``test-clean``;
+                ``<spk>/<chapter>/<spk>-<chapter>-<n>.flac`` + ``<spk>-<chapter>.trans.txt``)
+                and the bucket CSVs ``len_for_bucket/<split>.csv`` the ASR downstream reads.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import numpy as np
+import soundfile
+
+from espnet_plugin.utils.audio import read_audio
+from espnet_plugin.utils.kaldi_data import read_scp
+
+SAMPLE_RATE = 16000
+KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+LIBRISPEECH_SPLITS = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}
+
+
+def speaker_splits(data: Path) -> Dict[str, str]:
+    return {spk: split for split in ("train", "dev", "test") for _, spk in read_scp(data / split / "utt2spk")}
+
+
+def hash_split(speaker_id: str) -> str:
+    """s3prl's Speech Commands dev/test rule (as in the dataset's README): sha1 of the speaker id."""
+    percentage = (int(hashlib.sha1(speaker_id.encode()).hexdigest(), 16) % 2**27) * (100.0 / (2**27 - 1))
+    return "dev" if percentage < 10 else "discarded" if percentage < 20 else "train"
+
+
+def hash_ids(wanted: str) -> Iterator[str]:
+    i = 0
+    while True:
+        candidate = f"{i:08x}"
+        if hash_split(candidate) == wanted:
+            yield candidate
+        i += 1
+
+
+def one_second(wav: np.ndarray) -> np.ndarray:
+    out = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    wav = wav[:SAMPLE_RATE]
+    start = (SAMPLE_RATE - len(wav)) // 2
+    out[start : start + len(wav)] = wav
+    return out
+
+
+def write(path: Path, wav: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), wav, SAMPLE_RATE, subtype="PCM_16")
+
+
+def speech_commands(data: Path, out: Path, seed: int) -> None:
+    splits = speaker_splits(data)
+    ids = {"train": hash_ids("train"), "dev": hash_ids("dev"), "test": hash_ids("train")}
+    speaker_id = {spk: next(ids[split]) for spk, split in sorted(splits.items())}
+    texts = dict(read_scp(data / "keywords" / "text"))
+    utt2spk = dict(read_scp(data / "keywords" / "utt2spk"))
+    counts: Dict[Tuple[str, str], int] = {}
+    for utt, path in read_scp(data / "keywords" / "wav.scp"):
+        spk, word = utt2spk[utt], texts[utt]
+        n = counts[(spk, word)] = counts.get((spk, word), -1) + 1
+        name = f"{speaker_id[spk]}_nohash_{n}.wav"
+        if splits[spk] == "test":
+            target = out / "test" / (word if word in KEYWORDS else "_unknown_") / name
+        else:
+            target = out / "train" / word / name
+        write(target, one_second(read_audio(path).numpy()))
+    rng = np.random.default_rng(seed)
+    for k in range(4):  # background noise for the _silence_ class (cropped to random seconds)
+        write(out / "train" / "_background_noise_" / f"noise_{k}.wav", (rng.standard_normal(5 * SAMPLE_RATE) * 0.05).astype(np.float32))
+    for k in range(max(1, sum(1 for s in splits.values() if s == "test"))):
+        write(out / "test" / "_silence_" / f"{k:08x}_nohash_0.wav", (rng.standard_normal(SAMPLE_RATE) * 0.02).astype(np.float32))
+
+
+def librispeech(data: Path, out: Path) -> None:
+    (out / "len_for_bucket").mkdir(parents=True, exist_ok=True)
+    for split, name in LIBRISPEECH_SPLITS.items():
+        texts = dict(read_scp(data / split / "text"))
+        utt2spk = dict(read_scp(data / split / "utt2spk"))
+        by_speaker: Dict[str, List[Tuple[str, str]]] = {}
+        for utt, path in read_scp(data / split / "wav.scp"):
+            by_speaker.setdefault(utt2spk[utt], []).append((utt, path))
+        rows = []
+        for spk, utts in sorted(by_speaker.items()):
+            number = str(100 + int(spk.lstrip("spk")))
+            chapter = out / name / number / "1"
+            chapter.mkdir(parents=True, exist_ok=True)
+            transcript = []
+            for n, (utt, path) in enumerate(sorted(utts)):
+                uid = f"{number}-1-{n:04d}"
+                wav = read_audio(path).numpy()
+                soundfile.write(str(chapter / f"{uid}.flac"), wav, SAMPLE_RATE)
+                transcript.append(f"{uid} {texts[utt].upper()}")
+                rows.append((f"{name}/{number}/1/{uid}.flac", len(wav)))
+            (chapter / f"{number}-1.trans.txt").write_text("\n".join(transcript) + "\n", encoding="utf-8")
+        rows.sort(key=lambda row: -row[1])
+        (out / "len_for_bucket" / f"{name}.csv").write_text(
+            "file_path,length\n" + "".join(f"{p},{n}\n" for p, n in rows), encoding="utf-8"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=["ks", "asr"], required=True)
+    parser.add_argument("--data", type=Path, required=True, help="the corpus' data/ directory")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.task == "ks":
+        speech_commands(args.data, args.out, args.seed)
+    else:
+        librispeech(args.data, args.out)
+
+
+if __name__ == "__main__":
+    main()
