@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""Side-by-side report of the recipe's models: ``EXP/RESULTS.md``, ``EXP/results.json``, figures.
+
+Per model (teacher, compressed, baseline, and the fbank control):
+
+- params and MACs per second of audio: ``model.num_params()`` and ``model.expected_macs()`` of
+  the compact model (``espnet_plugin.load_model``); fbank (s3prl's ``fbank_no_cmvn``): 0 params,
+  MACs n/a (null);
+- CPU real-time factor: seconds to compute the hidden states of ``--rtf_seconds`` of audio
+  (batch 1, ``extract_hidden_states`` under ``torch.inference_mode``; fbank: s3prl's upstream
+  forward), divided by the audio's duration; median of ``--rtf_runs`` runs after one warm-up, on
+  ONE thread (``torch.set_num_threads(1)``);
+- the SUPERB test metrics written by local/evaluate_superb.py (``EXP/superb/<model>_<task>.json``).
+
+The compressed row also carries the target its pruning config asked for (``target`` in the
+stage-1 export's summary.yaml, ``{metric, sparsity}`` relative to the teacher), as an absolute
+``{"params": N}`` or ``{"macs_per_second": N}``.
+
+Figures in ``EXP/figures/``: ``architecture.png`` and ``training.png`` (per-layer architecture
+against the teacher, sparsity / Lagrange multipliers / losses over the pruning run) copied from
+the stage-1 export, and ``metric_vs_params.png`` (KS accuracy and ASR WER against params).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+MODELS = ["teacher", "compressed", "baseline", "fbank"]
+FBANK_UPSTREAM = "fbank_no_cmvn"
+SAMPLE_RATE = 16000
+
+
+# ----------------------------------------------------------------------------- measurements
+def median_seconds(fn: Callable[[], Any], runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_compact(model_dir: Path, seconds: float, runs: int) -> Dict[str, Any]:
+    import torch
+
+    from espnet_plugin import load_model
+
+    model = load_model(model_dir)
+    wav = 0.1 * torch.randn(1, int(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(0))
+
+    def forward():
+        with torch.inference_mode():
+            model.extract_hidden_states(wav)
+
+    return {
+        "params": int(model.num_params()),
+        "macs_per_second": int(round(float(model.expected_macs()))),
+        "rtf": median_seconds(forward, runs) / seconds,
+    }
+
+
+def measure_fbank(seconds: float, runs: int) -> Dict[str, Any]:
+    import torch
+
+    import s3prl_upstream
+
+    s3prl_upstream.register()
+    import s3prl.hub as hub
+
+    upstream = getattr(hub, FBANK_UPSTREAM)().eval()
+    wav = 0.1 * torch.randn(int(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(0))
+
+    def forward():
+        with torch.inference_mode():
+            upstream([wav])
+
+    params = sum(p.numel() for p in upstream.parameters())
+    return {"params": int(params), "macs_per_second": None, "rtf": median_seconds(forward, runs) / seconds}
+
+
+def target_of(exp: Path) -> Optional[Dict[str, int]]:
+    """The compressed model's target as an absolute number, from the stage-1 export's summary."""
+    import yaml
+
+    for summary_path in (exp / "compressed" / "summary.yaml", exp / "stage1_pruned" / "summary.yaml"):
+        if not summary_path.is_file():
+            continue
+        summary = yaml.safe_load(summary_path.read_text(encoding="utf-8")) or {}
+        target = summary.get("target")
+        if not target:
+            continue
+        metric, sparsity = target["metric"], float(target["sparsity"])
+        if metric == "params":
+            return {"params": int(round(summary["teacher_params"] * (1.0 - sparsity)))}
+        if metric == "macs":
+            return {"macs_per_second": int(round(summary["teacher_macs_per_second"] * (1.0 - sparsity)))}
+        raise ValueError(f"{summary_path}: unknown target metric {metric!r}")
+    return None
+
+
+def target_sparsity(exp: Path) -> Optional[Dict[str, Any]]:
+    import yaml
+
+    for summary_path in (exp / "compressed" / "summary.yaml", exp / "stage1_pruned" / "summary.yaml"):
+        if summary_path.is_file():
+            target = (yaml.safe_load(summary_path.read_text(encoding="utf-8")) or {}).get("target")
+            if target:
+                return target
+    return None
+
+
+# ----------------------------------------------------------------------------- environment
+def run_text(cmd: List[str], cwd: Optional[Path] = None) -> Optional[str]:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=cwd).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "n/a"
+
+
+def s3prl_version() -> str:
+    try:
+        import s3prl
+
+        return getattr(s3prl, "__version__", None) or version("s3prl")
+    except ImportError:
+        return "n/a"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(repo: Path) -> Dict[str, Any]:
+    import os
+
+    import torch
+
+    return {
+        "date": datetime.datetime.now().astimezone().strftime("%a %b %d %H:%M:%S %Z %Y"),
+        "python": platform.python_version(),
+        "espnet": version("espnet"),
+        "espnet_compress": version("espnet-compress"),
+        "torch": torch.__version__,
+        "s3prl": s3prl_version(),
+        "git_hash": run_text(["git", "rev-parse", "HEAD"], repo),
+        "commit_date": run_text(["git", "log", "-1", "--format=%cd"], repo),
+        "dirty": bool(run_text(["git", "status", "--porcelain", "--untracked-files=no"], repo)),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+# ----------------------------------------------------------------------------- formatting
+def fmt(value: Optional[float], spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def superb(exp: Path, model: str, task: str) -> Optional[Dict[str, Any]]:
+    path = exp / "superb" / f"{model}_{task}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def markdown(
+    exp: Path, env: Dict[str, Any], rows: List[Dict[str, Any]], runs: Dict, rtf_info: str, target_text: str
+) -> str:
+    out = ["<!-- Generated by egs2/mini_synth/local/report.py -->", "# RESULTS", "## Environments"]
+    out += [
+        f"- date: `{env['date']}`",
+        f"- python version: `{env['python']}`",
+        f"- espnet version: `espnet {env['espnet']}`",
+        f"- espnet-compress version: `espnet-compress {env['espnet_compress']}`",
+        f"- s3prl version: `s3prl {env['s3prl']}`",
+        f"- pytorch version: `pytorch {env['torch']}`",
+        f"- Git hash: `{env['git_hash'] or 'n/a'}`" + (" (uncommitted changes)" if env["dirty"] else ""),
+        f"  - Commit date: `{env['commit_date'] or 'n/a'}`",
+        f"- CPU: `{env['cpu']}`, {env['cpu_count']} logical cores",
+        "",
+        f"## {exp}: models side by side",
+        "Params: `num_params()` of the compact model; MACs per second of audio: `expected_macs()`; "
+        f"RTF: {rtf_info}. KS: accuracy on the Speech Commands-style test split (12 classes), ASR: "
+        "WER / CER (the runner's character-level UER) on test-clean, greedy CTC, no LM. Frozen upstreams, "
+        "SUPERB's downstream models (learned weighted sum of the layers) trained by s3prl's runner with the short CPU schedules "
+        "of conf/superb_{ks,asr}.yaml; numbers are in %.",
+        "",
+        "|model|params|MACs/s (G)|RTF|KS acc|ASR WER|ASR CER|",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        macs = None if row["macs_per_second"] is None else row["macs_per_second"] / 1e9
+        out.append(
+            f"|{row['model']}|{row['params']:,}|{fmt(macs, '.4f')}|{fmt(row['rtf'], '.4f')}|"
+            f"{fmt(row['ks_accuracy'], '.2f')}|{fmt(row['asr_wer'], '.2f')}|{fmt(row['asr_cer'], '.2f')}|"
+        )
+    compressed = next((r for r in rows if r["model"] == "compressed"), None)
+    teacher = next((r for r in rows if r["model"] == "teacher"), None)
+    if compressed and compressed.get("target") and teacher:
+        (metric, goal), = compressed["target"].items()
+        reached = compressed[metric]
+        out += [
+            "",
+            f"Compressed model, target (pruning config, {target_text}): {metric} = {goal:,}; "
+            f"reached {reached:,} ({100 * reached / teacher[metric]:.1f} % of the teacher's {teacher[metric]:,}).",
+        ]
+    # KS
+    out += ["", f"## {exp}/superb/*_ks: KS (speech_commands), test"]
+    out += ["|model|steps|checkpoint|dev acc|test acc|train (s)|evaluate (s)|", "|---|---|---|---|---|---|---|"]
+    for model in [r["model"] for r in rows]:
+        run = runs.get((model, "ks"))
+        if run:
+            out.append(
+                f"|{model}|{run.get('total_steps')}|{Path(run['checkpoint']).name}|"
+                f"{fmt(pct(run.get('dev_best')), '.2f')}|{fmt(pct(run['value']), '.2f')}|"
+                f"{fmt(run.get('train_seconds'), '.0f')}|{fmt(run.get('evaluate_seconds'), '.0f')}|"
+            )
+        else:
+            out.append(f"|{model}|not run||||||")
+    # ASR
+    out += ["", f"## {exp}/superb/*_asr: ASR (LibriSpeech layout), test-clean, greedy CTC, no LM"]
+    out += ["|model|steps|checkpoint|dev WER|test WER|test CER|train (s)|evaluate (s)|"]
+    out += ["|---|---|---|---|---|---|---|---|"]
+    for model in [r["model"] for r in rows]:
+        run = runs.get((model, "asr"))
+        if run:
+            out.append(
+                f"|{model}|{run.get('total_steps')}|{Path(run['checkpoint']).name}|{fmt(run.get('dev_best'), '.2f')}|"
+                f"{fmt(run['value'], '.2f')}|{fmt(run.get('uer'), '.2f')}|{fmt(run.get('train_seconds'), '.0f')}|"
+                f"{fmt(run.get('evaluate_seconds'), '.0f')}|"
+            )
+        else:
+            out.append(f"|{model}|not run|||||||")
+    out += ["", "### WER", "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|", "|---|---|---|---|---|---|---|---|---|"]
+    for model in [r["model"] for r in rows]:
+        details = (runs.get((model, "asr")) or {}).get("wer_details")
+        if details:
+            cells = "|".join(fmt(details[k], "") for k in ("Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"))
+            out.append(f"|{model}/test-clean|{cells}|")
+    out += [
+        "",
+        "## Figures",
+        "- Per-layer architecture of the compressed model against the teacher: "
+        "![architecture](figures/architecture.png)",
+        "- Sparsity (expected vs target), Lagrange multipliers and losses over the pruning run: "
+        "![training](figures/training.png)",
+        "- Downstream metric against params: ![metric vs params](figures/metric_vs_params.png)",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def pct(x: Optional[float]) -> Optional[float]:
+    return None if x is None else 100.0 * x
+
+
+def plot_metric_vs_params(rows: List[Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("ks_accuracy", "KS accuracy (%)", True), ("asr_wer", "ASR WER (%)", False)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(10, 3.8))
+    colors = {"teacher": "#444444", "compressed": "#2c7fb8", "baseline": "#f03b20", "fbank": "#31a354"}
+    for ax, (key, label, higher_better) in zip(axes, panels):
+        for row in rows:
+            if row.get(key) is None:
+                continue
+            x = row["params"] / 1e6
+            ax.scatter([x], [row[key]], s=50, color=colors.get(row["model"], "#888888"), zorder=3)
+            offset = (-10, -14) if row["model"] == "teacher" else (5, 6)  # teacher and compressed may be close
+            ax.annotate(row["model"], (x, row[key]), textcoords="offset points", xytext=offset, fontsize=8)
+        target = next((r.get("target") for r in rows if r["model"] == "compressed"), None) or {}
+        if "params" in target:
+            ax.axvline(
+                target["params"] / 1e6, color="#2c7fb8", linestyle="--", linewidth=1, label="compressed: target params"
+            )
+            ax.legend(fontsize=7, loc="best")
+        ax.set_xlabel("params (M)")
+        ax.set_ylabel(label + (" (higher is better)" if higher_better else " (lower is better)"))
+        ax.grid(alpha=0.3)
+        ax.set_xlim(left=-0.05 * max((r["params"] / 1e6 for r in rows), default=1.0))
+    fig.suptitle("SUPERB (short CPU schedules) vs model size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exp", type=Path, required=True)
+    parser.add_argument("--rtf_seconds", type=float, default=10.0, help="audio length for the RTF")
+    parser.add_argument("--rtf_runs", type=int, default=5, help="timed runs (median) after one warm-up")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    exp = args.exp
+    rtf_info = (
+        f"seconds of compute per second of audio, {args.rtf_seconds:g} s of audio, batch 1, median of "
+        f"{args.rtf_runs} runs after a warm-up, 1 CPU thread (torch.set_num_threads(1))"
+    )
+    rows: List[Dict[str, Any]] = []
+    runs: Dict[Any, Any] = {}
+    for model in MODELS:
+        if model == "fbank":
+            measured = measure_fbank(args.rtf_seconds, args.rtf_runs)
+        else:
+            model_dir = exp / model
+            if not (model_dir / "config.yaml").is_file():
+                print(f"{model}: no model in {model_dir}, left out")
+                continue
+            measured = measure_compact(model_dir, args.rtf_seconds, args.rtf_runs)
+        row: Dict[str, Any] = {"model": model, **measured}
+        row["rtf"] = round(row["rtf"], 5)
+        for task in ("ks", "asr"):
+            run = superb(exp, model, task)
+            if run:
+                runs[(model, task)] = run
+        ks, asr = runs.get((model, "ks")), runs.get((model, "asr"))
+        row["ks_accuracy"] = None if ks is None else round(100.0 * ks["value"], 2)
+        row["asr_wer"] = None if asr is None else round(asr["value"], 2)
+        # CER: the runner's unit error rate (characters and word-boundary tokens of char.dict)
+        row["asr_cer"] = None if asr is None or asr.get("uer") is None else round(asr["uer"], 2)
+        if model == "compressed":
+            row["target"] = target_of(exp)
+        rows.append(row)
+        print(f"{model}: {row}")
+    sparsity = target_sparsity(exp)
+    target_text = (
+        f"{sparsity['metric']} sparsity {sparsity['sparsity']:g} relative to the teacher" if sparsity else "none"
+    )
+
+    figures = exp / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    for name in ("architecture.png", "training.png"):
+        for source in (exp / "stage1_pruned" / name, exp / "compressed" / name):
+            if source.is_file():
+                shutil.copyfile(source, figures / name)
+                break
+        else:
+            print(f"no {name} in {exp}/stage1_pruned or {exp}/compressed")
+    plot_metric_vs_params(rows, figures / "metric_vs_params.png")
+
+    repo = Path(__file__).resolve().parents[3]
+    env = environment(repo)
+    (exp / "RESULTS.md").write_text(markdown(exp, env, rows, runs, rtf_info, target_text), encoding="utf-8")
+    (exp / "results.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {exp / 'RESULTS.md'}, {exp / 'results.json'}, {figures}/")
+
+
+if __name__ == "__main__":
+    main()
