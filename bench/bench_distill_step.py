@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from espnet_plugin.distill.model import DistillPruneModel  # noqa: E402
 from espnet_plugin.distill.student import build_student  # noqa: E402
 from espnet_plugin.models import EncoderConfig, GateConfig, LayerConfig, SpeechEncoder  # noqa: E402
 from espnet_plugin.models.model import hubert_base  # noqa: E402
+from espnet_plugin.utils.machine import cpu_name  # noqa: E402
 
 MARK = "bench_distill_step"
 
@@ -68,13 +68,6 @@ def time_steps(steps: Dict[str, Callable[[], None]], warmup: int, repeats: int) 
             step()
             times[name].append((time.perf_counter() - start) * 1000)
     return times
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def section(rows: List[str], repeats: Dict[str, int]) -> str:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
+from espnet_plugin.utils.machine import cpu_name  # noqa: E402
 from espnet_plugin.models import EncoderConfig, GateConfig, LayerConfig, SpeechEncoder, with_gates  # noqa: E402
 from espnet_plugin.models.model import SAMPLE_RATE, hubert_base  # noqa: E402
 from espnet_plugin.pruning import prune_model  # noqa: E402
@@ -169,16 +170,6 @@ def costs(model: SpeechEncoder) -> Dict[str, float]:
     return {"params": float(model.num_params()), "macs": float(model.expected_macs(seconds=1.0))}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def busy_cpu_seconds() -> Optional[float]:
     """Machine-wide non-idle CPU seconds since boot (Linux /proc/stat), None elsewhere."""
     try:
@@ -210,7 +201,7 @@ class CpuShare:
 def machine_lines(threads: int, others: Optional[float]) -> List[str]:
     """Where the numbers came from, and whether other processes competed for the CPU."""
     lines = [
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch.set_num_threads({threads})",
+        f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores; torch.set_num_threads({threads})",
         f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
     ]

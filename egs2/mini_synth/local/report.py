@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from espnet_plugin.utils.machine import cpu_name
+
 MODELS = ["teacher", "compressed", "baseline", "fbank"]
 FBANK_UPSTREAM = "fbank_no_cmvn"
 SAMPLE_RATE = 16000
@@ -142,16 +144,6 @@ def s3prl_version() -> str:
         return getattr(s3prl, "__version__", None) or version("s3prl")
     except ImportError:
         return "n/a"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(repo: Path) -> Dict[str, Any]:
