@@ -129,6 +129,7 @@ def test_stage2_distils_the_pruned_student_and_exports(stage1_export, workdir):
     final = workdir / "exp" / "final"
     run([sys.executable, "-m", "espnet_plugin.bin.export_model", "--config", str(exp / "config.yaml"),
          "--checkpoint", str(exp / "valid.loss.best.pth"), "--output_dir", str(final)])
+    assert yaml.safe_load((final / "summary.yaml").read_text())["target"] == {"metric": "params", "sparsity": 0.5}
     pruned, student = espnet_plugin.load_model(stage1_export), espnet_plugin.load_model(final)
     assert student.config == pruned.config and student.num_params() == pruned.num_params()
     wav = torch.randn(1, 8000)

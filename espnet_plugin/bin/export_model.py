@@ -44,6 +44,11 @@ def export(config: Path, checkpoint: Path, output_dir: Path) -> Dict[str, Any]:
     )
     if model.lagrangian is not None:
         summary["target"] = {"metric": model.sparsity_metric, "sparsity": model.lagrangian.target_sparsity}
+    elif args.student_path and (Path(args.student_path) / "summary.yaml").is_file():
+        # stage 2 has no regulariser: keep the budget its stage-1 student was pruned to
+        previous = yaml.safe_load((Path(args.student_path) / "summary.yaml").read_text(encoding="utf-8")) or {}
+        if "target" in previous:
+            summary["target"] = previous["target"]
     provenance = {
         "source": str(args.teacher_path),
         "checkpoint": str(checkpoint),
