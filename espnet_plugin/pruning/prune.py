@@ -50,8 +50,9 @@ def _copy_norm(dst: Optional[nn.Module], src: Optional[nn.Module], index=None) -
     _copy(dst.bias, src.bias if index is None else src.bias[index])
 
 
-def _output_bias(module) -> torch.Tensor:
-    return module.out_bias if module.out_bias is not None else module.out_proj.bias
+def _output_bias(module, output: str) -> torch.Tensor:
+    """The constant a block adds once all its units are gone: its output layer's bias."""
+    return module.out_bias if module.out_bias is not None else getattr(module, output).bias
 
 
 @torch.no_grad()
@@ -108,7 +109,7 @@ def prune_model(model: SpeechEncoder) -> SpeechEncoder:
 
 def _copy_attention(dst: SelfAttention, src: SelfAttention, heads: torch.Tensor) -> None:
     if dst.out_bias is not None:
-        _copy(dst.out_bias, _output_bias(src))
+        _copy(dst.out_bias, _output_bias(src, "out_proj"))
         return
     dh = src.head_dim
     rows = (heads[:, None] * dh + torch.arange(dh)[None]).flatten()
@@ -122,7 +123,7 @@ def _copy_attention(dst: SelfAttention, src: SelfAttention, heads: torch.Tensor)
 
 def _copy_ffn(dst: FeedForward, src: FeedForward, units: torch.Tensor) -> None:
     if dst.out_bias is not None:
-        _copy(dst.out_bias, src.out_bias if src.out_bias is not None else src.output.bias)
+        _copy(dst.out_bias, _output_bias(src, "output"))
         return
     _copy_linear(dst.intermediate, src.intermediate, rows=units)
     _copy_linear(dst.output, src.output, cols=units)
