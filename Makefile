@@ -26,8 +26,12 @@ $(STAMP): setup.py
 
 venv: system-deps $(STAMP)
 
+# The main job: the embedded egs2/mini_synth recipe, end to end, into egs2/mini_synth/exp
+# (re-running skips finished stages; EXP=dir and RECIPE_ARGS="--stage 9 ..." pass through).
+EXP ?= exp
+RECIPE_ARGS ?=
 demo: venv
-	$(PY) -m espnet_plugin.bin.demo
+	PYTHON=$(abspath $(PY)) bash egs2/mini_synth/run.sh --exp $(EXP) $(RECIPE_ARGS)
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -8,7 +8,7 @@
 # HuBERT / wav2vec 2.0 .pt, an official WavLM .pt, an ESPnet HuBERT experiment.
 # Stages: 1 data prep, 2 import teacher, 3 stage 1 (distil + prune), 4 export,
 # 5 stage 2 (final distillation), 6 export, 7 SUPERB KS / ASR through s3prl's runner
-# (set --speech_commands_root and --superb_asr_root, or skip with --stop_stage 6).
+# (KS needs --speech_commands_root, ASR uses --librispeech_root; skip with --stop_stage 6).
 set -euo pipefail
 
 stage=1

@@ -2,13 +2,14 @@
 # Compress a speech SSL model end to end on a CPU, from nothing: synthesise a corpus,
 # pretrain a small HuBERT teacher with ESPnet, distil + prune it (DPHuBERT), distil a
 # DistilHuBERT-style baseline, then evaluate teacher, compressed student, baseline and an fbank
-# control on SUPERB KS and ASR with s3prl's runner and write RESULTS.md / results.json.
+# control on SUPERB KS, ASR, IC and PR with s3prl (runner, problem API) and write RESULTS.md /
+# results.json.
 # Re-runnable: a finished stage leaves a stamp and is skipped (stages 9 and 10 have no stamp:
 # stage 9 skips each finished downstream run itself, stage 10 rewrites the report).
 #
 #   bash run.sh [--stage N] [--stop_stage M] [--seed S] [--exp DIR]
 #               [--teacher_args "ESPnet options"] [--distill_args "ESPnet options"]
-#               [--superb_steps N] [--superb_nj J]
+#               [--superb_tasks "ks asr ic pr"] [--superb_steps N] [--superb_nj J]
 set -euo pipefail
 
 stage=1
@@ -20,7 +21,8 @@ utts_per_speaker=40
 num_clusters=50
 teacher_args=""   # extra options for espnet2.bin.hubert_train (e.g. "--max_epoch 2")
 distill_args=""   # extra options for every distill_prune_train run
-superb_steps=""   # SUPERB training steps per run (default: total_steps of conf/superb_{ks,asr}.yaml)
+superb_tasks="ks asr ic pr"  # SUPERB tasks evaluated in stage 9 (any of ks asr ic pr)
+superb_steps=""   # SUPERB training steps per run (default: total_steps of conf/superb_<task>.yaml)
 superb_nj=2       # SUPERB runs at a time (the OMP threads are shared out between them)
 python=${PYTHON:-python3}
 
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
     --num_clusters) num_clusters=$2; shift 2 ;;
     --teacher_args) teacher_args=$2; shift 2 ;;
     --distill_args) distill_args=$2; shift 2 ;;
+    --superb_tasks) superb_tasks=$2; shift 2 ;;
     --superb_steps) superb_steps=$2; shift 2 ;;
     --superb_nj) superb_nj=$2; shift 2 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
@@ -118,10 +121,11 @@ fi
 
 superb_data=${exp}/superb_data
 
-if run_stage 8 "SUPERB layouts: Speech Commands (KS), LibriSpeech (ASR)"; then
+if run_stage 8 "SUPERB layouts: Speech Commands (KS), LibriSpeech (ASR), Fluent Commands (IC), PR CSVs"; then
   rm -rf "${superb_data}"
-  ${python} local/superb_layouts.py --task ks --data "${data}" --out "${superb_data}/ks" --seed "${seed}"
-  ${python} local/superb_layouts.py --task asr --data "${data}" --out "${superb_data}/asr"
+  for task in ks asr ic pr; do
+    ${python} local/superb_layouts.py --task "${task}" --data "${data}" --out "${superb_data}/${task}" --seed "${seed}"
+  done
   finish 8
 fi
 
@@ -131,11 +135,11 @@ always_stage() {
   echo "=== stage $1: $2"
 }
 
-if always_stage 9 "SUPERB KS + ASR with s3prl's runner: teacher, compressed, baseline, fbank"; then
+if always_stage 9 "SUPERB ${superb_tasks} with s3prl (runner / problem API): teacher, compressed, baseline, fbank"; then
   ${python} local/evaluate_superb.py --out "${exp}/superb" --seed "${seed}" --nj "${superb_nj}" --python "${python}" \
     --models teacher="${exp}/teacher" compressed="${exp}/compressed" baseline="${exp}/baseline" fbank=s3prl:fbank_no_cmvn \
-    --tasks ks asr --ks_data "${superb_data}/ks" --asr_data "${superb_data}/asr" \
-    --ks_config conf/superb_ks.yaml --asr_config conf/superb_asr.yaml ${superb_steps:+--steps "${superb_steps}"}
+    --tasks ${superb_tasks} --ks_data "${superb_data}/ks" --asr_data "${superb_data}/asr" \
+    --ic_data "${superb_data}/ic" --pr_data "${superb_data}/pr" ${superb_steps:+--steps "${superb_steps}"}
 fi
 
 if always_stage 10 "report: RESULTS.md, results.json, figures/"; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""SUPERB downstream runs (KS, ASR) for every model, with s3prl's runner unchanged.
+"""SUPERB downstream runs (KS, ASR, IC, PR) for every model, with s3prl's code unchanged.
 
-For each model x task, in ``--out/<model>_<task>/``:
+KS, ASR and IC go through s3prl's runner; for each model x task, in ``--out/<model>_<task>/``:
 
     python -m s3prl_upstream.run_downstream -m train -u UPSTREAM [-k MODEL_DIR] -d TASK -c CONFIG \
         -p EXPDIR --device cpu --seed SEED -o "DATA PATHS[,,SCHEDULE]"   > train.log
@@ -15,7 +15,16 @@ lines the asr expert prints, plus an ESPnet-style word error breakdown (Snt, Wrd
 Ins, Err, S.Err) computed from the ``test-clean-noLM-{hyp,ref}.ark`` files it writes. The
 checkpoint evaluated is the dev-best one (``dev-best.ckpt`` / ``dev-clean-best.ckpt``) when the
 runner saved one, else the last ``states-*.ckpt`` (the ASR expert only saves a dev-best below
-its initial best WER of 100).
+its initial best WER of 100). IC is like KS (``fluent_commands``, accuracy from ``log.log``).
+
+PR goes through s3prl's problem API, which trains and tests in one call:
+
+    python -m s3prl_upstream.problem SuperbPR --config CONFIG --target_dir EXPDIR \
+        --build_upstream.name UPSTREAM --build_upstream.path_or_url MODEL_DIR --train.seed SEED
+                                                                        > train.log
+
+with the layout's ``{train,dev,test}.csv`` copied into EXPDIR first; the PER (in %) is read from
+``EXPDIR/evaluate/valid_best/test/result.yaml``.
 
 A run whose JSON exists with the same settings is skipped; a run whose training finished
 (``train.done``) is only evaluated again; anything else in its directory is started afresh.
@@ -49,6 +58,17 @@ TASKS: Dict[str, Dict[str, Any]] = {
         "best": "dev-clean-best.ckpt",
         "metric": "wer",
     },
+    "ic": {
+        "downstream": "fluent_commands",
+        "split": "test",
+        "best": "dev-best.ckpt",
+        "metric": "accuracy",
+    },
+    "pr": {
+        "problem": "SuperbPR",
+        "split": "test",
+        "metric": "per",
+    },
 }
 
 
@@ -59,6 +79,10 @@ def data_overrides(task: str, root: Path, dict_path: Path) -> List[str]:
             f"config.downstream_expert.datarc.speech_commands_root={str(root / 'train')!r}",
             f"config.downstream_expert.datarc.speech_commands_test_root={str(root / 'test')!r}",
         ]
+    if task == "ic":
+        return [f"config.downstream_expert.datarc.file_path={str(root)!r}"]
+    if task == "pr":  # the problem API reads its CSVs from the target dir (copied there)
+        return []
     return [
         f"config.downstream_expert.datarc.libri_root={str(root)!r}",
         f"config.downstream_expert.datarc.bucket_file={str(root / 'len_for_bucket')!r}",
@@ -66,11 +90,15 @@ def data_overrides(task: str, root: Path, dict_path: Path) -> List[str]:
     ]
 
 
-def schedule_overrides(steps: Optional[int]) -> List[str]:
-    """--steps N: N training steps, dev evaluation (and a checkpoint) at N/2 and N."""
+def schedule_overrides(steps: Optional[int], problem: bool = False) -> List[str]:
+    """--steps N: N training steps, dev evaluation (and a checkpoint) at N/2 and N; as the
+    runner's ``-o`` items, or as the problem API's ``--train.*`` option pairs."""
     if not steps:
         return []
     every = steps // 2 if steps % 2 == 0 and steps >= 2 else steps
+    if problem:
+        values = {"total_steps": steps, "eval_step": every, "save_step": every, "log_step": every}
+        return [item for key, value in values.items() for item in (f"--train.{key}", str(value))]
     return [
         f"config.runner.total_steps={steps}",
         f"config.runner.eval_step={every}",
@@ -85,8 +113,18 @@ def upstream_args(spec: str) -> List[str]:
     return ["-u", "espnet_compress_local", "-k", str(Path(spec).resolve())]
 
 
+def problem_upstream_args(spec: str) -> List[str]:
+    if spec.startswith("s3prl:"):
+        return ["--build_upstream.name", spec[len("s3prl:") :], "--build_upstream.path_or_url", "None"]
+    return ["--build_upstream.name", "espnet_compress_local", "--build_upstream.path_or_url", str(Path(spec).resolve())]
+
+
 def runner(python: str) -> List[str]:
     return [python, "-m", "s3prl_upstream.run_downstream"]
+
+
+def problem_runner(python: str, problem: str) -> List[str]:
+    return [python, "-m", "s3prl_upstream.problem", problem]
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -171,6 +209,20 @@ def parse_ks(expdir: Path, evaluate_log: str) -> Dict[str, Any]:
     return {"value": test, "dev_best": max(map(float, dev)) if dev else None}
 
 
+def parse_problem(expdir: Path, split: str, metric: str) -> Dict[str, Any]:
+    """The problem API's test result of its best-on-valid checkpoint; error rates in %."""
+    import yaml
+
+    def read_metric(name: str) -> Optional[float]:
+        path = expdir / "evaluate" / name / split / "result.yaml"
+        value = (yaml.safe_load(read(path)) or {}).get(metric) if path.is_file() else None
+        return None if value is None else 100.0 * float(value)
+
+    stats = yaml.safe_load(read(expdir / "train" / "valid_best" / "training_stats.yaml")) or {}
+    dev = (stats.get("valid_best_metrics") or {}).get(metric)
+    return {"value": read_metric("valid_best"), "dev_best": None if dev is None else 100.0 * float(dev)}
+
+
 def parse_asr(expdir: Path, evaluate_log: str, train_log: str, split: str) -> Dict[str, Any]:
     refs = read_ark(expdir / f"{split}-noLM-ref.ark")
     hyps = read_ark(expdir / f"{split}-noLM-hyp.ark")
@@ -197,17 +249,39 @@ def run_logged(cmd: List[str], log: Path, env: Dict[str, str], cwd: Path) -> Tup
     return rc, time.time() - start
 
 
+def train_command(spec: str, task: str, config: Path, expdir: Path, overrides: List[str], args) -> List[str]:
+    info = TASKS[task]
+    if "problem" in info:
+        cmd = problem_runner(args.python, info["problem"]) + ["--config", str(config), "--target_dir", str(expdir)]
+        return cmd + problem_upstream_args(spec) + ["--train.seed", str(args.seed)] + overrides
+    cmd = runner(args.python) + ["-m", "train"] + upstream_args(spec)
+    cmd += ["-d", info["downstream"], "-c", str(config), "-p", str(expdir), "--device", "cpu"]
+    return cmd + ["--seed", str(args.seed), "-o", ",,".join(overrides)]
+
+
+def runner_checkpoint(expdir: Path, best: str) -> Path:
+    """The runner's dev-best checkpoint, else its last ``states-*.ckpt``."""
+    if (expdir / best).is_file():
+        return expdir / best
+    states = sorted(expdir.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[-1]))
+    if not states:
+        raise RuntimeError(f"no checkpoint in {expdir}")
+    return states[-1]
+
+
 def evaluate_one(model: str, spec: str, task: str, args: argparse.Namespace, env: Dict[str, str]) -> Dict[str, Any]:
     info = TASKS[task]
+    problem = "problem" in info
     expdir = (args.out / f"{model}_{task}").resolve()
     result_path = args.out / f"{model}_{task}.json"
     config = Path(getattr(args, f"{task}_config")).resolve()
-    overrides = data_overrides(task, getattr(args, f"{task}_data").resolve(), args.dict_path.resolve())
-    overrides += schedule_overrides(args.steps)
+    data = getattr(args, f"{task}_data").resolve()
+    overrides = data_overrides(task, data, args.dict_path.resolve()) + schedule_overrides(args.steps, problem)
     settings = {
         "model": model,
         "task": task,
         "upstream": spec,
+        "data": str(data),
         "config": str(config),
         "overrides": overrides,
         "seed": args.seed,
@@ -226,55 +300,62 @@ def evaluate_one(model: str, spec: str, task: str, args: argparse.Namespace, env
         if expdir.exists():
             shutil.rmtree(expdir)
         expdir.mkdir(parents=True)
-        cmd = runner(args.python) + ["-m", "train"] + upstream_args(spec)
-        cmd += ["-d", info["downstream"], "-c", str(config), "-p", str(expdir), "--device", "cpu"]
-        cmd += ["--seed", str(args.seed), "-o", ",,".join(overrides)]
+        if problem:  # SuperbPR from stage 1 reads {train,dev,test}.csv in its target dir
+            for split in ("train", "dev", "test"):
+                shutil.copyfile(data / f"{split}.csv", expdir / f"{split}.csv")
         print(f"[{model}/{task}] train -> {train_log}", flush=True)
-        rc, train_seconds = run_logged(cmd, train_log, env, args.cwd)
+        rc, train_seconds = run_logged(train_command(spec, task, config, expdir, overrides, args), train_log, env, args.cwd)
         if rc != 0:
             raise RuntimeError(f"[{model}/{task}] training failed (exit {rc}); see {train_log}")
         done.write_text(json.dumps(settings), encoding="utf-8")
-    checkpoint = expdir / info["best"]
-    if not checkpoint.is_file():
-        states = sorted(expdir.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[-1]))
-        if not states:
-            raise RuntimeError(f"[{model}/{task}] no checkpoint in {expdir}")
-        checkpoint = states[-1]
-    cmd = runner(args.python) + ["-m", "evaluate", "-t", info["split"], "-e", str(checkpoint), "--device", "cpu"]
-    print(f"[{model}/{task}] evaluate {checkpoint.name} on {info['split']} -> {evaluate_log}", flush=True)
-    rc, evaluate_seconds = run_logged(cmd, evaluate_log, env, args.cwd)
-    if rc != 0:
-        raise RuntimeError(f"[{model}/{task}] evaluation failed (exit {rc}); see {evaluate_log}")
-    if task == "ks":
-        parsed = parse_ks(expdir, read(evaluate_log))
+    evaluate_seconds = None
+    if problem:  # trained and tested in one call
+        checkpoint = expdir / "train" / "valid_best"
+        parsed = parse_problem(expdir, info["split"], info["metric"])
     else:
-        parsed = parse_asr(expdir, read(evaluate_log), read(train_log), info["split"])
+        checkpoint = runner_checkpoint(expdir, info["best"])
+        cmd = runner(args.python) + ["-m", "evaluate", "-t", info["split"], "-e", str(checkpoint), "--device", "cpu"]
+        print(f"[{model}/{task}] evaluate {checkpoint.name} on {info['split']} -> {evaluate_log}", flush=True)
+        rc, evaluate_seconds = run_logged(cmd, evaluate_log, env, args.cwd)
+        if rc != 0:
+            raise RuntimeError(f"[{model}/{task}] evaluation failed (exit {rc}); see {evaluate_log}")
+        if task == "asr":
+            parsed = parse_asr(expdir, read(evaluate_log), read(train_log), info["split"])
+        else:
+            parsed = parse_ks(expdir, read(evaluate_log))
     if parsed["value"] is None:
         raise RuntimeError(f"[{model}/{task}] no {info['metric']} on {info['split']} in {expdir}")
-    steps = last_float(r"config\.runner\.total_steps = (\d+)", read(train_log))
     result = dict(
         settings,
         metric=info["metric"],
         split=info["split"],
         **parsed,
         checkpoint=str(checkpoint),
-        total_steps=int(steps) if steps is not None else read_total_steps(config),
+        total_steps=total_steps(config, overrides),
         expdir=str(expdir),
         train_seconds=round(train_seconds, 1) if train_seconds is not None else None,
-        evaluate_seconds=round(evaluate_seconds, 1),
+        evaluate_seconds=None if evaluate_seconds is None else round(evaluate_seconds, 1),
     )
     if train_seconds is None and result_path.is_file():  # keep the training time of an earlier call
         result["train_seconds"] = json.loads(result_path.read_text(encoding="utf-8")).get("train_seconds")
     result_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    shown = f"{100 * parsed['value']:.2f} %" if task == "ks" else f"WER {parsed['value']:.2f} %"
+    value = parsed["value"]
+    shown = f"{100 * value:.2f} % accuracy" if info["metric"] == "accuracy" else f"{info['metric'].upper()} {value:.2f} %"
     print(f"[{model}/{task}] {info['split']}: {shown} ({checkpoint.name})", flush=True)
     return result
 
 
-def read_total_steps(config: Path) -> Optional[int]:
+def total_steps(config: Path, overrides: List[str]) -> Optional[int]:
+    """Training steps of a run: the override when there is one, else the config's."""
     import yaml
 
-    return (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("runner", {}).get("total_steps")
+    for i, item in enumerate(overrides):
+        if item.startswith("config.runner.total_steps="):
+            return int(item.split("=", 1)[1])
+        if item == "--train.total_steps":
+            return int(overrides[i + 1])
+    conf = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    return (conf.get("runner") or conf.get("train") or {}).get("total_steps")
 
 
 # ----------------------------------------------------------------------------- main
@@ -285,8 +366,12 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["ks", "asr"], choices=sorted(TASKS))
     parser.add_argument("--ks_data", type=Path, help="Speech Commands layout (train/, test/)")
     parser.add_argument("--asr_data", type=Path, help="LibriSpeech layout (+ len_for_bucket/)")
+    parser.add_argument("--ic_data", type=Path, help="Fluent Speech Commands layout (data/*_data.csv, wavs/)")
+    parser.add_argument("--pr_data", type=Path, help="PR CSVs ({train,dev,test}.csv with phoneme transcriptions)")
     parser.add_argument("--ks_config", type=Path, default=here / "conf" / "superb_ks.yaml")
     parser.add_argument("--asr_config", type=Path, default=here / "conf" / "superb_asr.yaml")
+    parser.add_argument("--ic_config", type=Path, default=here / "conf" / "superb_ic.yaml")
+    parser.add_argument("--pr_config", type=Path, default=here / "conf" / "superb_pr.yaml")
     parser.add_argument("--dict_path", type=Path, help="ASR char.dict (default: s3prl_upstream's)")
     parser.add_argument("--steps", type=int, default=None, help="override the configs' total_steps")
     parser.add_argument(

@@ -8,16 +8,27 @@
     --task asr: a LibriSpeech tree (``train-clean-100``, ``dev-clean``, ``test-clean``;
                 ``<spk>/<chapter>/<spk>-<chapter>-<n>.flac`` + ``<spk>-<chapter>.trans.txt``)
                 and the bucket CSVs ``len_for_bucket/<split>.csv`` the ASR downstream reads.
+    --task ic:  Fluent Speech Commands: ``data/{train,valid,test}_data.csv`` (path, speakerId,
+                transcription, action, object, location) and ``wavs/speakers/<spk>/<utt>.wav``
+                from the corpus' spoken commands, split by the corpus' speaker split.
+    --task pr:  ``{train,dev,test}.csv`` (id, wav_path, transcription) for s3prl's problem API
+                (SuperbPR from stage 1): the sentences' phonemes from a word lexicon made with
+                espeak-ng (en-us, stress marks dropped), one space between phonemes - like
+                SUPERB's G2P lexicon, a function of the text whoever speaks it.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import re
+import subprocess
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import soundfile
+from tqdm import tqdm
 
 from espnet_plugin.utils.audio import read_audio
 from espnet_plugin.utils.kaldi_data import read_scp
@@ -25,6 +36,7 @@ from espnet_plugin.utils.kaldi_data import read_scp
 SAMPLE_RATE = 16000
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 LIBRISPEECH_SPLITS = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}
+FLUENT_SPLITS = {"train": "train", "dev": "valid", "test": "test"}
 
 
 def speaker_splits(data: Path) -> Dict[str, str]:
@@ -109,17 +121,81 @@ def librispeech(data: Path, out: Path) -> None:
         )
 
 
+def fluent_commands(data: Path, out: Path) -> None:
+    splits = speaker_splits(data)
+    texts = dict(read_scp(data / "commands" / "text"))
+    utt2spk = dict(read_scp(data / "commands" / "utt2spk"))
+    intents = {}
+    for line in (data / "commands" / "intent").read_text(encoding="utf-8").splitlines():
+        utt, action, obj, location = line.split("\t")
+        intents[utt] = (action, obj, location)
+    rows: Dict[str, List[List[str]]] = {name: [] for name in FLUENT_SPLITS.values()}
+    for utt, path in read_scp(data / "commands" / "wav.scp"):
+        spk = utt2spk[utt]
+        relative = f"wavs/speakers/{spk}/{utt}.wav"
+        write(out / relative, read_audio(path).numpy())
+        rows[FLUENT_SPLITS[splits[spk]]].append([relative, spk, texts[utt], *intents[utt]])
+    for name in ("valid", "test"):  # s3prl's IC labels come from train_data.csv alone
+        for slot, column in (("action", 3), ("object", 4), ("location", 5)):
+            unseen = {row[column] for row in rows[name]} - {row[column] for row in rows["train"]}
+            if unseen:
+                raise SystemExit(f"{data / 'commands' / 'intent'}: {slot} values {sorted(unseen)} occur in "
+                                 f"{name} but not in train; synthesise more commands per speaker")
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for name, split_rows in rows.items():
+        with open(out / "data" / f"{name}_data.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["", "path", "speakerId", "transcription", "action", "object", "location"])
+            writer.writerows([i, *row] for i, row in enumerate(split_rows))
+
+
+def espeak_phonemes(word: str) -> List[str]:
+    """One word's en-us phonemes from espeak-ng (ASCII symbols; stress marks and pauses dropped)."""
+    output = subprocess.run(
+        ["espeak-ng", "-q", "-x", "--sep= ", "-v", "en-us", word], capture_output=True, text=True, check=True
+    ).stdout
+    symbols = (re.sub(r"[',]", "", token) for token in output.split())
+    return [p for p in symbols if p and not p.startswith("_")]
+
+
+def phoneme_csvs(data: Path, out: Path) -> None:
+    texts = {split: list(read_scp(data / split / "text")) for split in ("train", "dev", "test")}
+    words = sorted({w for lines in texts.values() for _, text in lines for w in text.split()})
+    lexicon = {w: espeak_phonemes(w) for w in tqdm(words, desc="espeak-ng lexicon", unit="word")}
+    out.mkdir(parents=True, exist_ok=True)
+    train_phonemes = set()
+    for split in ("train", "dev", "test"):
+        wavs = dict(read_scp(data / split / "wav.scp"))
+        rows = []
+        for utt, text in texts[split]:
+            phonemes = [p for w in text.split() for p in lexicon[w]]
+            if split == "train":
+                train_phonemes.update(phonemes)
+            elif not set(phonemes) <= train_phonemes:  # SuperbPR's vocabulary comes from train.csv
+                raise SystemExit(f"{data / split / 'text'}: {utt} has phonemes unseen in train: "
+                                 f"{sorted(set(phonemes) - train_phonemes)}")
+            rows.append([utt, str(Path(wavs[utt]).resolve()), " ".join(phonemes)])
+        with open(out / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "wav_path", "transcription"])
+            writer.writerows(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=["ks", "asr"], required=True)
+    parser.add_argument("--task", choices=["ks", "asr", "ic", "pr"], required=True)
     parser.add_argument("--data", type=Path, required=True, help="the corpus' data/ directory")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.task == "ks":
         speech_commands(args.data, args.out, args.seed)
-    else:
+    elif args.task == "asr":
         librispeech(args.data, args.out)
+    elif args.task == "ic":
+        fluent_commands(args.data, args.out)
+    else:
+        phoneme_csvs(args.data, args.out)
 
 
 if __name__ == "__main__":

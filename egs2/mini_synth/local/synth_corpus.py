@@ -8,6 +8,8 @@ isolation); each utterance gets additive noise at a random SNR. Output, under --
     wav/<spk>/<utt>.wav                       16 kHz mono PCM
     data/{train,dev,test}/{wav.scp,text,utt2spk,spk2utt,speech_shape}
     data/keywords/{wav.scp,text,utt2spk,...}  isolated command and other words (for the KS layout)
+    data/commands/{wav.scp,text,utt2spk,...,intent}  spoken smart-home commands with their
+                                              (action, object, location) slots (for the IC layout)
 
 Speakers are split disjointly between train / dev / test. The same --seed gives the
 same corpus, byte for byte.
@@ -42,6 +44,26 @@ WORDS = (
     "quickly slowly today tomorrow always never here there please thank you very good bad happy cold warm "
     "dog cat bird fish horse table chair book phone computer paper letter story song voice model speech"
 ).split() + KEYWORDS
+
+# Fluent Speech Commands-style intents: (phrasings, action, object, takes a location)
+LOCATIONS = ["kitchen", "bedroom", "washroom"]
+COMMAND_INTENTS = [
+    (["turn on the lights", "switch on the lights", "lights on"], "activate", "lights", True),
+    (["turn off the lights", "switch off the lights", "lights off"], "deactivate", "lights", True),
+    (["turn up the heat", "make it warmer", "increase the temperature"], "increase", "heat", True),
+    (["turn down the heat", "make it cooler", "decrease the temperature"], "decrease", "heat", True),
+    (["turn up the volume", "increase the volume", "louder please"], "increase", "volume", False),
+    (["turn down the volume", "decrease the volume", "quieter please"], "decrease", "volume", False),
+    (["play the music", "turn on the music", "start the music"], "activate", "music", False),
+    (["stop the music", "turn off the music", "pause the music"], "deactivate", "music", False),
+    (["turn on the lamp", "switch on the lamp"], "activate", "lamp", False),
+    (["turn off the lamp", "switch off the lamp"], "deactivate", "lamp", False),
+    (["bring me the newspaper", "get me the newspaper"], "bring", "newspaper", False),
+    (["bring me some juice", "get me some juice"], "bring", "juice", False),
+    (["bring me my shoes", "fetch my shoes"], "bring", "shoes", False),
+    (["switch the language to german", "change the language to german"], "change language", "German", False),
+    (["switch the language to korean", "change the language to korean"], "change language", "Korean", False),
+]
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,22 @@ def sentences(count: int, rng: random.Random) -> List[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) for _ in range(count)]
 
 
+def commands(count: int, rng: random.Random) -> List[Tuple[str, str]]:
+    """``count`` (text, "action<TAB>object<TAB>location") pairs going through the intents in a
+    shuffled order (so 15 per speaker cover them all); "none" where a slot is unused, as in
+    Fluent Speech Commands."""
+    order = rng.sample(COMMAND_INTENTS, len(COMMAND_INTENTS))
+    out = []
+    for n in range(count):
+        phrasings, action, obj, located = order[n % len(order)]
+        text, location = rng.choice(phrasings), "none"
+        if located and rng.random() < 0.75:
+            location = rng.choice(LOCATIONS)
+            text += f" in the {location}"
+        out.append((text, f"{action}\t{obj}\t{location}"))
+    return out
+
+
 def write_data_dir(directory: Path, utts: List[Tuple[str, Speaker, str, Path, int]]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     utts = sorted(utts)
@@ -102,7 +140,9 @@ def write_data_dir(directory: Path, utts: List[Tuple[str, Speaker, str, Path, in
         (directory / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def synthesise(out: Path, num_speakers: int, utts_per_speaker: int, keyword_reps: int, seed: int) -> None:
+def synthesise(
+    out: Path, num_speakers: int, utts_per_speaker: int, keyword_reps: int, commands_per_speaker: int, seed: int
+) -> None:
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng is not installed (apt-get install espeak-ng)")
     rng = random.Random(seed)
@@ -116,6 +156,11 @@ def synthesise(out: Path, num_speakers: int, utts_per_speaker: int, keyword_reps
         for word in KEYWORDS + UNKNOWN_WORDS:
             for r in range(keyword_reps):
                 jobs.append((f"{spk.name}-k{word}{r}", spk, word, "keywords"))
+    intents = {}
+    for spk in speakers:
+        for j, (text, intent) in enumerate(commands(commands_per_speaker, rng)):
+            jobs.append((f"{spk.name}-c{j:03d}", spk, text, "commands"))
+            intents[f"{spk.name}-c{j:03d}"] = intent
     groups: Dict[str, list] = {}
     for index, (utt, spk, text, split) in enumerate(tqdm(jobs, desc="espeak-ng", unit="utt")):
         noise_rng = np.random.default_rng([seed, index])
@@ -126,6 +171,9 @@ def synthesise(out: Path, num_speakers: int, utts_per_speaker: int, keyword_reps
         groups.setdefault(split, []).append((utt, spk, text, path, len(wav)))
     for split, utts in groups.items():
         write_data_dir(out / "data" / split, utts)
+    if intents:
+        lines = [f"{utt}\t{intent}" for utt, intent in sorted(intents.items())]
+        (out / "data" / "commands" / "intent").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main() -> None:
@@ -134,9 +182,12 @@ def main() -> None:
     parser.add_argument("--num_speakers", type=int, default=32)
     parser.add_argument("--utts_per_speaker", type=int, default=40)
     parser.add_argument("--keyword_reps", type=int, default=3, help="repetitions of each command word per speaker")
+    parser.add_argument("--commands_per_speaker", type=int, default=15, help="spoken commands per speaker (IC)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    synthesise(args.out, args.num_speakers, args.utts_per_speaker, args.keyword_reps, args.seed)
+    synthesise(
+        args.out, args.num_speakers, args.utts_per_speaker, args.keyword_reps, args.commands_per_speaker, args.seed
+    )
 
 
 if __name__ == "__main__":
