@@ -9,6 +9,7 @@ import csv
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -302,3 +303,32 @@ def test_report_target_is_absolute(tmp_path):
     (tmp_path / "stage1_pruned" / "summary.yaml").write_text(yaml.safe_dump(summary))
     with pytest.raises(ValueError, match="unknown target metric 'flops'"):
         report.target_of(tmp_path)
+
+
+# ----------------------------------------------------------------------------- run.sh
+@needs_espeak
+def test_run_sh_stages_skip_when_done_and_reject_unknown_options(tmp_path):
+    """run.sh's data stages (1, 2 and the four SUPERB layouts of 8) on a tiny corpus; a second
+    call skips them by their stamps. The training stages are covered by the task tests and the
+    full recipe by the benchmark."""
+    def run_sh(*args):
+        env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+        return subprocess.run(["bash", str(RECIPE / "run.sh"), "--exp", str(tmp_path / "exp"), "--num_speakers", "8",
+                               "--utts_per_speaker", "3", "--num_clusters", "8", *args],
+                              capture_output=True, text=True, env=env, timeout=600)
+
+    first = run_sh("--stop_stage", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    labels = dict(read_scp(tmp_path / "exp" / "corpus" / "data" / "train" / "hubert_labels"))
+    assert labels and len((tmp_path / "exp" / "hubert_tokens.txt").read_text().split()) == 8 + 1  # + <unk>
+    layouts = run_sh("--stage", "8", "--stop_stage", "8")
+    assert layouts.returncode == 0, layouts.stderr[-3000:]
+    superb_data = tmp_path / "exp" / "superb_data"
+    for expected in ("ks/test/yes", "asr/len_for_bucket/train-clean-100.csv", "ic/data/train_data.csv", "pr/test.csv"):
+        assert (superb_data / expected).exists(), expected
+    again = run_sh("--stop_stage", "2")
+    assert again.returncode == 0
+    assert "stage 1 (synthesise the corpus with espeak-ng): done before, skipped" in again.stdout
+    assert "stage 2 (MFCC k-means targets for HuBERT): done before, skipped" in again.stdout
+    wrong = run_sh("--stages", "3")
+    assert wrong.returncode == 2 and "unknown option: --stages" in wrong.stderr

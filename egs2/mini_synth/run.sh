@@ -2,7 +2,7 @@
 # Compress a speech SSL model end to end on a CPU, from nothing: synthesise a corpus,
 # pretrain a small HuBERT teacher with ESPnet, distil + prune it (DPHuBERT), distil a
 # DistilHuBERT-style baseline, then evaluate teacher, compressed student, baseline and an fbank
-# control on SUPERB KS, ASR, IC and PR with s3prl (runner, problem API) and write RESULTS.md /
+# control on SUPERB KS, ASR and PR (IC on request) with s3prl (runner, problem API), write RESULTS.md /
 # results.json.
 # Re-runnable: a finished stage leaves a stamp and is skipped (stages 9 and 10 have no stamp:
 # stage 9 skips each finished downstream run itself, stage 10 rewrites the report).
@@ -21,7 +21,7 @@ utts_per_speaker=40
 num_clusters=50
 teacher_args=""   # extra options for espnet2.bin.hubert_train (e.g. "--max_epoch 2")
 distill_args=""   # extra options for every distill_prune_train run
-superb_tasks="ks asr ic pr"  # SUPERB tasks evaluated in stage 9 (any of ks asr ic pr)
+superb_tasks="ks asr pr"  # SUPERB tasks evaluated in stage 9 (any of ks asr ic pr)
 superb_steps=""   # SUPERB training steps per run (default: total_steps of conf/superb_<task>.yaml)
 superb_nj=2       # SUPERB runs at a time (the OMP threads are shared out between them)
 python=${PYTHON:-python3}

@@ -319,8 +319,12 @@ def plot_metric_vs_params(rows: List[Dict[str, Any]], path: Path) -> None:
 
     panels = [(key, f"{label} (%)", higher) for key, label, higher in TASK_COLUMNS.values()
               if any(row.get(key) is not None for row in rows)] or [("ks_accuracy", "KS acc (%)", True)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-    axes = axes[0]
+    ncols = min(2, len(panels))
+    nrows = (len(panels) + ncols - 1) // ncols
+    fig, grid = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     colors = {"teacher": "#444444", "compressed": "#2c7fb8", "baseline": "#f03b20", "fbank": "#31a354"}
     for ax, (key, label, higher_better) in zip(axes, panels):
         for row in rows:
