@@ -130,6 +130,11 @@ def test_librispeech_layout(corpus, tmp_path):
     transcripts = [line.split(" ", 1)[1] for t in out.glob("*/*/*/*.trans.txt") for line in t.read_text().splitlines()]
     corpus_texts = {text.upper() for split in ("train", "dev", "test") for _, text in read_scp(corpus / split / "text")}
     assert set(transcripts) == corpus_texts
+    entries = [line.split() for line in (out / "char.dict").read_text().splitlines()]
+    counts = [int(n) for _, n in entries]
+    assert counts == sorted(counts, reverse=True) and entries[0][0] in "|E"
+    assert {c for c, _ in entries} == set("".join(transcripts).replace(" ", "|"))
+    assert sum(counts) == sum(len(t) for t in transcripts)
 
 
 @needs_espeak

@@ -372,7 +372,9 @@ def main() -> None:
     parser.add_argument("--asr_config", type=Path, default=here / "conf" / "superb_asr.yaml")
     parser.add_argument("--ic_config", type=Path, default=here / "conf" / "superb_ic.yaml")
     parser.add_argument("--pr_config", type=Path, default=here / "conf" / "superb_pr.yaml")
-    parser.add_argument("--dict_path", type=Path, help="ASR char.dict (default: s3prl_upstream's)")
+    parser.add_argument(
+        "--dict_path", type=Path, help="ASR char.dict (default: ASR_DATA/char.dict, else s3prl_upstream's)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="override the configs' total_steps")
     parser.add_argument(
         "--out", type=Path, required=True, help="runs in OUT/<model>_<task>/, results in OUT/<model>_<task>.json"
@@ -391,6 +393,8 @@ def main() -> None:
     for task in args.tasks:
         if getattr(args, f"{task}_data") is None:
             parser.error(f"--{task}_data is needed for task {task}")
+    if args.dict_path is None and args.asr_data is not None and (args.asr_data / "char.dict").is_file():
+        args.dict_path = args.asr_data / "char.dict"
     if args.dict_path is None:
         from s3prl_upstream import config_path
 

@@ -7,7 +7,9 @@
                 and ``test/{WORD,_unknown_,_silence_}/``.
     --task asr: a LibriSpeech tree (``train-clean-100``, ``dev-clean``, ``test-clean``;
                 ``<spk>/<chapter>/<spk>-<chapter>-<n>.flac`` + ``<spk>-<chapter>.trans.txt``)
-                and the bucket CSVs ``len_for_bucket/<split>.csv`` the ASR downstream reads.
+                the bucket CSVs ``len_for_bucket/<split>.csv`` the ASR downstream reads and its
+                character dictionary ``char.dict`` (fairseq format: ``char count`` per line, most
+                frequent first, ``|`` for the word boundary) over the corpus' transcripts.
     --task ic:  Fluent Speech Commands: ``data/{train,valid,test}_data.csv`` (path, speakerId,
                 transcription, action, object, location) and ``wavs/speakers/<spk>/<utt>.wav``
                 from the corpus' spoken commands, split by the corpus' speaker split.
@@ -98,6 +100,7 @@ def speech_commands(data: Path, out: Path, seed: int) -> None:
 
 def librispeech(data: Path, out: Path) -> None:
     (out / "len_for_bucket").mkdir(parents=True, exist_ok=True)
+    char_counts: Dict[str, int] = {}
     for split, name in LIBRISPEECH_SPLITS.items():
         texts = dict(read_scp(data / split / "text"))
         utt2spk = dict(read_scp(data / split / "utt2spk"))
@@ -115,12 +118,16 @@ def librispeech(data: Path, out: Path) -> None:
                 wav = read_audio(path).numpy()
                 soundfile.write(str(chapter / f"{uid}.flac"), wav, SAMPLE_RATE)
                 transcript.append(f"{uid} {texts[utt].upper()}")
+                for char in texts[utt].upper().replace(" ", "|"):
+                    char_counts[char] = char_counts.get(char, 0) + 1
                 rows.append((f"{name}/{number}/1/{uid}.flac", len(wav)))
             (chapter / f"{number}-1.trans.txt").write_text("\n".join(transcript) + "\n", encoding="utf-8")
         rows.sort(key=lambda row: -row[1])
         (out / "len_for_bucket" / f"{name}.csv").write_text(
             "file_path,length\n" + "".join(f"{p},{n}\n" for p, n in rows), encoding="utf-8"
         )
+    ordered = sorted(char_counts.items(), key=lambda item: (-item[1], item[0]))
+    (out / "char.dict").write_text("".join(f"{c} {n}\n" for c, n in ordered), encoding="utf-8")
 
 
 def fluent_commands(data: Path, out: Path) -> None:
