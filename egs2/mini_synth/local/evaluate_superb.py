@@ -409,7 +409,9 @@ def main() -> None:
     threads_each = env["OMP_NUM_THREADS"]
     print(f"{len(models)} models x {len(args.tasks)} tasks, {args.nj} at a time, OMP_NUM_THREADS={threads_each}", flush=True)
 
-    jobs = [(m, spec, t) for m, spec in models for t in args.tasks]
+    # longest runs first (ASR, then PR / IC, then KS): two workers finish closer together
+    longest_first = {"asr": 0, "pr": 1, "ic": 2, "ks": 3}
+    jobs = sorted(((m, spec, t) for m, spec in models for t in args.tasks), key=lambda job: longest_first[job[2]])
     failures = []
 
     def work(job):

@@ -21,6 +21,7 @@ import io
 import random
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -141,7 +142,13 @@ def write_data_dir(directory: Path, utts: List[Tuple[str, Speaker, str, Path, in
 
 
 def synthesise(
-    out: Path, num_speakers: int, utts_per_speaker: int, keyword_reps: int, commands_per_speaker: int, seed: int
+    out: Path,
+    num_speakers: int,
+    utts_per_speaker: int,
+    keyword_reps: int,
+    commands_per_speaker: int,
+    seed: int,
+    nj: int = 2,
 ) -> None:
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng is not installed (apt-get install espeak-ng)")
@@ -161,14 +168,21 @@ def synthesise(
         for j, (text, intent) in enumerate(commands(commands_per_speaker, rng)):
             jobs.append((f"{spk.name}-c{j:03d}", spk, text, "commands"))
             intents[f"{spk.name}-c{j:03d}"] = intent
-    groups: Dict[str, list] = {}
-    for index, (utt, spk, text, split) in enumerate(tqdm(jobs, desc="espeak-ng", unit="utt")):
-        noise_rng = np.random.default_rng([seed, index])
+
+    def render(index: int, job: Tuple[str, Speaker, str, str]) -> Tuple[str, Tuple[str, Speaker, str, Path, int]]:
+        utt, spk, text, split = job
+        noise_rng = np.random.default_rng([seed, index])  # per utterance: the same whatever the order
         wav = add_noise(speak(text, spk), noise_rng.uniform(5.0, 30.0), noise_rng)
         path = out / "wav" / spk.name / f"{utt}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(path, wav, SAMPLE_RATE, subtype="PCM_16")
-        groups.setdefault(split, []).append((utt, spk, text, path, len(wav)))
+        return split, (utt, spk, text, path, len(wav))
+
+    groups: Dict[str, list] = {}
+    with ThreadPoolExecutor(max_workers=max(1, nj)) as pool:  # espeak-ng runs as a subprocess
+        rendered = pool.map(render, range(len(jobs)), jobs)
+        for split, entry in tqdm(rendered, total=len(jobs), desc="espeak-ng", unit="utt"):
+            groups.setdefault(split, []).append(entry)
     for split, utts in groups.items():
         write_data_dir(out / "data" / split, utts)
     if intents:
@@ -184,9 +198,16 @@ def main() -> None:
     parser.add_argument("--keyword_reps", type=int, default=3, help="repetitions of each command word per speaker")
     parser.add_argument("--commands_per_speaker", type=int, default=15, help="spoken commands per speaker (IC)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nj", type=int, default=2, help="utterances synthesised at a time")
     args = parser.parse_args()
     synthesise(
-        args.out, args.num_speakers, args.utts_per_speaker, args.keyword_reps, args.commands_per_speaker, args.seed
+        args.out,
+        args.num_speakers,
+        args.utts_per_speaker,
+        args.keyword_reps,
+        args.commands_per_speaker,
+        args.seed,
+        args.nj,
     )
 
 
