@@ -19,6 +19,7 @@ import pytest
 import soundfile
 import yaml
 
+from espnet_plugin.utils.audio import espeak_phonemes
 from espnet_plugin.utils.kaldi_data import read_scp
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "mini_synth"
@@ -184,9 +185,9 @@ def test_phoneme_csvs(corpus, tmp_path):
     assert not any(ch in row["transcription"] for rows in tables.values() for row in rows for ch in "',_")
     # a function of the text: the lexicon entry of each word, in order
     text = dict(read_scp(corpus / "train" / "text"))[tables["train"][0]["id"]]
-    expected = [p for word in text.split() for p in superb_layouts.espeak_phonemes(word)]
+    expected = [p for word in text.split() for p in espeak_phonemes(word)]
     assert tables["train"][0]["transcription"].split() == expected
-    assert superb_layouts.espeak_phonemes("yes") == superb_layouts.espeak_phonemes("yes") != []
+    assert espeak_phonemes("yes") == espeak_phonemes("yes") != []
 
 
 # ----------------------------------------------------------------------------- stage 9 bookkeeping

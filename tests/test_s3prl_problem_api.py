@@ -73,19 +73,11 @@ def _sentences(count: int):
         yield intent, words, tags
 
 
-def _phonemes(text: str) -> str:
-    """The text's phonemes (espeak-ng en-us, ASCII, stress marks dropped), one space between
-    symbols: like s3prl's G2P, a function of the text, whoever speaks it."""
-    out = subprocess.run(["espeak-ng", "-q", "-x", "--sep= ", "-v", "en-us", text],
-                         capture_output=True, text=True, check=True).stdout
-    return " ".join(out.replace("'", "").replace(",", "").split())
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """An Audio-SNIPS-like corpus (all.iob.snips.txt + {split}/<speaker>-snips-<split>-<n>.wav)
     and its utterance table (with phoneme transcriptions for PR)."""
-    from espnet_plugin.utils.audio import synthesize
+    from espnet_plugin.utils.audio import espeak_phonemes, synthesize
 
     root = tmp_path_factory.mktemp("snips")
     rows, lines, n = [], [], 0
@@ -101,7 +93,7 @@ def corpus(tmp_path_factory):
                 soundfile.write(str(path), synthesize(text, voice).numpy(), 16000, subtype="PCM_16")
                 lines.append(f"{uid} BOS {text.upper()} EOS\tO {' '.join(tags)} {intent}\n")
                 rows.append(dict(id=uid, split=split, speaker=speaker, wav_path=str(path), words=text.upper(),
-                                 iob=" ".join(tags), phonemes=_phonemes(text)))
+                                 iob=" ".join(tags), phonemes=" ".join(espeak_phonemes(text))))
                 n += 1
     (root / "all.iob.snips.txt").write_text("".join(lines))
     return root, pd.DataFrame(rows)

@@ -5,7 +5,7 @@ import io
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Union
+from typing import List, Union
 
 import numpy as np
 import torch
@@ -35,21 +35,35 @@ def read_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> torch.
     return torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
 
 
+def _espeak() -> str:
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng; `make demo` installs it)")
+    return binary
+
+
 def synthesize(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50) -> torch.Tensor:
     """Speak ``text`` with espeak-ng and return a 16 kHz float waveform."""
     import soundfile
     import torchaudio.functional as AF
 
-    binary = shutil.which("espeak-ng")
-    if binary is None:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng; `make demo` installs it)")
     wav_bytes = subprocess.run(
-        [binary, "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
+        [_espeak(), "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
         check=True,
         capture_output=True,
     ).stdout
     data, rate = soundfile.read(io.BytesIO(wav_bytes), dtype="float32")
     return AF.resample(torch.from_numpy(data), rate, SAMPLE_RATE)
+
+
+def espeak_phonemes(text: str, voice: str = "en-us") -> List[str]:
+    """``text``'s phonemes from espeak-ng (ASCII symbols; stress marks and pauses dropped): like
+    a G2P lexicon, a function of the text whoever speaks it."""
+    output = subprocess.run(
+        [_espeak(), "-q", "-x", "--sep= ", "-v", voice, text], capture_output=True, text=True, check=True
+    ).stdout
+    symbols = (token.replace("'", "").replace(",", "") for token in output.split())
+    return [p for p in symbols if p and not p.startswith("_")]
 
 
 def check_scp_audio(scp: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> int:

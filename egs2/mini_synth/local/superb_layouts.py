@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import re
-import subprocess
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
@@ -34,7 +32,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from espnet_plugin.utils.audio import read_audio
+from espnet_plugin.utils.audio import espeak_phonemes, read_audio
 from espnet_plugin.utils.kaldi_data import read_scp
 
 SAMPLE_RATE = 16000
@@ -156,15 +154,6 @@ def fluent_commands(data: Path, out: Path) -> None:
             writer = csv.writer(f)
             writer.writerow(["", "path", "speakerId", "transcription", "action", "object", "location"])
             writer.writerows([i, *row] for i, row in enumerate(split_rows))
-
-
-def espeak_phonemes(word: str) -> List[str]:
-    """One word's en-us phonemes from espeak-ng (ASCII symbols; stress marks and pauses dropped)."""
-    output = subprocess.run(
-        ["espeak-ng", "-q", "-x", "--sep= ", "-v", "en-us", word], capture_output=True, text=True, check=True
-    ).stdout
-    symbols = (re.sub(r"[',]", "", token) for token in output.split())
-    return [p for p in symbols if p and not p.startswith("_")]
 
 
 def phoneme_csvs(data: Path, out: Path) -> None:

@@ -17,10 +17,8 @@ same corpus, byte for byte.
 from __future__ import annotations
 
 import argparse
-import io
 import random
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +26,9 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import soundfile
-import torch
-import torchaudio.functional as AF
 from tqdm import tqdm
+
+from espnet_plugin.utils.audio import synthesize
 
 SAMPLE_RATE = 16000
 VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"]
@@ -84,16 +82,6 @@ def make_speakers(count: int, rng: random.Random) -> List[Speaker]:
         Speaker(f"spk{i:03d}", f"{voice}+{variant}", rng.randint(130, 200), rng.randint(25, 75))
         for i, (voice, variant) in enumerate(combos[:count])
     ]
-
-
-def speak(text: str, speaker: Speaker) -> np.ndarray:
-    raw = subprocess.run(
-        ["espeak-ng", "-v", speaker.voice, "-s", str(speaker.speed), "-p", str(speaker.pitch), "--stdout", text],
-        check=True,
-        capture_output=True,
-    ).stdout
-    data, rate = soundfile.read(io.BytesIO(raw), dtype="float32")
-    return AF.resample(torch.from_numpy(data), rate, SAMPLE_RATE).numpy()
 
 
 def add_noise(wav: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
@@ -172,7 +160,7 @@ def synthesise(
     def render(index: int, job: Tuple[str, Speaker, str, str]) -> Tuple[str, Tuple[str, Speaker, str, Path, int]]:
         utt, spk, text, split = job
         noise_rng = np.random.default_rng([seed, index])  # per utterance: the same whatever the order
-        wav = add_noise(speak(text, spk), noise_rng.uniform(5.0, 30.0), noise_rng)
+        wav = add_noise(synthesize(text, spk.voice, spk.speed, spk.pitch).numpy(), noise_rng.uniform(5.0, 30.0), noise_rng)
         path = out / "wav" / spk.name / f"{utt}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(path, wav, SAMPLE_RATE, subtype="PCM_16")
