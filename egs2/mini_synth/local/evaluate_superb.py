@@ -213,14 +213,10 @@ def parse_problem(expdir: Path, split: str, metric: str) -> Dict[str, Any]:
     """The problem API's test result of its best-on-valid checkpoint; error rates in %."""
     import yaml
 
-    def read_metric(name: str) -> Optional[float]:
-        path = expdir / "evaluate" / name / split / "result.yaml"
-        value = (yaml.safe_load(read(path)) or {}).get(metric) if path.is_file() else None
-        return None if value is None else 100.0 * float(value)
-
+    result = yaml.safe_load(read(expdir / "evaluate" / "valid_best" / split / "result.yaml")) or {}
     stats = yaml.safe_load(read(expdir / "train" / "valid_best" / "training_stats.yaml")) or {}
-    dev = (stats.get("valid_best_metrics") or {}).get(metric)
-    return {"value": read_metric("valid_best"), "dev_best": None if dev is None else 100.0 * float(dev)}
+    test, dev = result.get(metric), (stats.get("valid_best_metrics") or {}).get(metric)
+    return {"value": None if test is None else 100.0 * float(test), "dev_best": None if dev is None else 100.0 * float(dev)}
 
 
 def parse_asr(expdir: Path, evaluate_log: str, train_log: str, split: str) -> Dict[str, Any]:

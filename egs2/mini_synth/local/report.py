@@ -96,35 +96,29 @@ def measure_fbank(seconds: float, runs: int) -> Dict[str, Any]:
     return {"params": int(params), "macs_per_second": None, "rtf": median_seconds(forward, runs) / seconds}
 
 
-def target_of(exp: Path) -> Optional[Dict[str, int]]:
-    """The compressed model's target as an absolute number, from the stage-1 export's summary."""
-    import yaml
-
-    for summary_path in (exp / "compressed" / "summary.yaml", exp / "stage1_pruned" / "summary.yaml"):
-        if not summary_path.is_file():
-            continue
-        summary = yaml.safe_load(summary_path.read_text(encoding="utf-8")) or {}
-        target = summary.get("target")
-        if not target:
-            continue
-        metric, sparsity = target["metric"], float(target["sparsity"])
-        if metric == "params":
-            return {"params": int(round(summary["teacher_params"] * (1.0 - sparsity)))}
-        if metric == "macs":
-            return {"macs_per_second": int(round(summary["teacher_macs_per_second"] * (1.0 - sparsity)))}
-        raise ValueError(f"{summary_path}: unknown target metric {metric!r}")
-    return None
-
-
-def target_sparsity(exp: Path) -> Optional[Dict[str, Any]]:
+def pruning_target(exp: Path) -> Optional[Dict[str, Any]]:
+    """The summary.yaml (compressed model's, else the stage-1 export's) that records the target."""
     import yaml
 
     for summary_path in (exp / "compressed" / "summary.yaml", exp / "stage1_pruned" / "summary.yaml"):
         if summary_path.is_file():
-            target = (yaml.safe_load(summary_path.read_text(encoding="utf-8")) or {}).get("target")
-            if target:
-                return target
+            summary = yaml.safe_load(summary_path.read_text(encoding="utf-8")) or {}
+            if summary.get("target"):
+                return dict(summary, path=str(summary_path))
     return None
+
+
+def target_of(exp: Path) -> Optional[Dict[str, int]]:
+    """The compressed model's target as an absolute number, from the export's summary."""
+    summary = pruning_target(exp)
+    if summary is None:
+        return None
+    metric, sparsity = summary["target"]["metric"], float(summary["target"]["sparsity"])
+    if metric == "params":
+        return {"params": int(round(summary["teacher_params"] * (1.0 - sparsity)))}
+    if metric == "macs":
+        return {"macs_per_second": int(round(summary["teacher_macs_per_second"] * (1.0 - sparsity)))}
+    raise ValueError(f"{summary['path']}: unknown target metric {metric!r}")
 
 
 # ----------------------------------------------------------------------------- environment
@@ -271,7 +265,6 @@ TASK_TITLES = {
 def task_table(exp: Path, task: str, models: List[str], runs: Dict) -> List[str]:
     """One task's runs: steps, the checkpoint tested, dev and test metric, timings (in %)."""
     asr = task == "asr"
-    scale = pct if task in ("ks", "ic") else (lambda x: x)  # the runner's accuracies are fractions
     out = ["", f"## {exp}/superb/*_{task}: {TASK_TITLES[task]}"]
     extra = "test CER|" if asr else ""
     out += [f"|model|steps|checkpoint|dev|test|{extra}train (s)|evaluate (s)|"]
@@ -284,7 +277,7 @@ def task_table(exp: Path, task: str, models: List[str], runs: Dict) -> List[str]
         cer = f"{fmt(run.get('uer'), '.2f')}|" if asr else ""
         out.append(
             f"|{model}|{run.get('total_steps')}|{Path(run['checkpoint']).name}|"
-            f"{fmt(scale(run.get('dev_best')), '.2f')}|{fmt(scale(run['value']), '.2f')}|{cer}"
+            f"{fmt(in_percent(task, run.get('dev_best')), '.2f')}|{fmt(in_percent(task, run['value']), '.2f')}|{cer}"
             f"{fmt(run.get('train_seconds'), '.0f')}|{fmt(run.get('evaluate_seconds'), '.0f')}|"
         )
     return out
@@ -300,15 +293,18 @@ def task_metrics(runs: Dict, model: str) -> Dict[str, Optional[float]]:
             if task in ("ks", "asr"):
                 out[key] = None
             continue
-        out[key] = round(100.0 * run["value"] if task in ("ks", "ic") else run["value"], 2)
+        out[key] = round(in_percent(task, run["value"]), 2)
     if "asr_wer" in out:  # CER: the runner's unit error rate (characters and word-boundary tokens)
         asr = runs.get((model, "asr"))
         out["asr_cer"] = None if asr is None or asr.get("uer") is None else round(asr["uer"], 2)
     return out
 
 
-def pct(x: Optional[float]) -> Optional[float]:
-    return None if x is None else 100.0 * x
+def in_percent(task: str, value: Optional[float]) -> Optional[float]:
+    """A run's metric in %: the runner's KS / IC accuracies are fractions, WER / PER already %."""
+    if value is None or task not in ("ks", "ic"):
+        return value
+    return 100.0 * value
 
 
 def plot_metric_vs_params(rows: List[Dict[str, Any]], path: Path) -> None:
@@ -388,9 +384,11 @@ def main() -> None:
             row["target"] = target_of(exp)
         rows.append(row)
         print(f"{model}: {row}")
-    sparsity = target_sparsity(exp)
+    summary = pruning_target(exp)
     target_text = (
-        f"{sparsity['metric']} sparsity {sparsity['sparsity']:g} relative to the teacher" if sparsity else "none"
+        f"{summary['target']['metric']} sparsity {summary['target']['sparsity']:g} relative to the teacher"
+        if summary
+        else "none"
     )
 
     figures = exp / "figures"
