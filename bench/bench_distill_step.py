@@ -23,17 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from espnet_plugin.distill.model import DistillPruneModel  # noqa: E402
 from espnet_plugin.distill.student import build_student  # noqa: E402
-from espnet_plugin.models import EncoderConfig, GateConfig, LayerConfig, SpeechEncoder  # noqa: E402
-from espnet_plugin.models.model import hubert_base  # noqa: E402
+from espnet_plugin.models import GateConfig, SpeechEncoder  # noqa: E402
+from espnet_plugin.models import hubert_base_config, tiny_config  # noqa: E402
+from bench.common import write_section  # noqa: E402
 from espnet_plugin.utils.machine import cpu_name  # noqa: E402
 
 MARK = "bench_distill_step"
-
-
-def tiny() -> EncoderConfig:
-    conv = [[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2
-    return EncoderConfig(conv_layers=conv, embed_dim=64, head_dim=16, layers=[LayerConfig(4, 128) for _ in range(4)],
-                         pos_conv_kernel=16, pos_conv_groups=4)
 
 
 def make_step(teacher: SpeechEncoder, gated: bool, layer_map: List[List[int]]) -> Callable[[], None]:
@@ -88,14 +83,6 @@ def section(rows: List[str], repeats: Dict[str, int]) -> str:
     ])
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    start, end = f"<!-- {MARK}:start -->", f"<!-- {MARK}:end -->"
-    if start in old:
-        old = old[: old.index(start)] + old[old.index(end) + len(end):].lstrip("\n")
-    path.write_text(old.rstrip("\n") + "\n\n" + text + "\n", encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
@@ -104,7 +91,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    settings = {"tiny": (tiny(), [[0, 0], [2, 2], [4, 4]], 30), "HuBERT Base": (hubert_base(), [[0, 0], [4, 4], [8, 8], [12, 12]], 6)}
+    settings = {"tiny": (tiny_config(num_layers=4, ffn=128, conv_width=32, embed_dim=64, head_dim=16), [[0, 0], [2, 2], [4, 4]], 30), "HuBERT Base": (hubert_base_config(), [[0, 0], [4, 4], [8, 8], [12, 12]], 6)}
     rows, repeats = [], {}
     for name, (config, layer_map, n) in settings.items():
         n = max(2, n // 3) if args.quick else n
@@ -116,7 +103,7 @@ def main() -> int:
                     f"| {gated / plain:.2f} |")
         repeats[name] = n
         print(rows[-1], flush=True)
-    write_section(args.output, section(rows, repeats))
+    write_section(args.output, MARK, section(rows, repeats))
     return 0
 
 

@@ -26,12 +26,14 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from espnet_plugin.utils.machine import cpu_name  # noqa: E402
-from espnet_plugin.models import EncoderConfig, GateConfig, LayerConfig, SpeechEncoder, with_gates  # noqa: E402
-from espnet_plugin.models.model import SAMPLE_RATE, hubert_base  # noqa: E402
+from espnet_plugin.models import EncoderConfig, GateConfig, SpeechEncoder, with_gates  # noqa: E402
+from espnet_plugin.utils.audio import SAMPLE_RATE  # noqa: E402
+from espnet_plugin.models import hubert_base_config, tiny_config  # noqa: E402
+from bench.common import markers, write_section  # noqa: E402
 from espnet_plugin.pruning import prune_model  # noqa: E402
 
-START, END = "<!-- bench_encoder:start -->", "<!-- bench_encoder:end -->"
-HEADER = "# Benchmarks\n\nEach section is written by the script named in its heading; rerun it to refresh.\n"
+MARK = "bench_encoder"
+START, END = markers(MARK)
 RATIO_GOAL = 1.15
 # Uniform keep fraction of conv channels, heads and FFN units: removes ~72 % of HuBERT Base params.
 PRUNE_KEEP = 0.24
@@ -55,19 +57,6 @@ class Timing:
     @property
     def minimum(self) -> float:
         return min(self.values)
-
-
-def tiny_config() -> EncoderConfig:
-    """Same layout as ``tests/conftest.py::tiny_config``: standard CNN strides, small widths."""
-    conv = [[16, 10, 5]] + [[16, 3, 2]] * 4 + [[16, 2, 2]] * 2
-    return EncoderConfig(
-        conv_layers=conv,
-        embed_dim=32,
-        head_dim=8,
-        layers=[LayerConfig(4, 48) for _ in range(3)],
-        pos_conv_kernel=16,
-        pos_conv_groups=4,
-    )
 
 
 def time_interleaved(fns: Dict[str, Callable[[], None]], warmup: int, repeats: int, desc: str) -> Dict[str, Timing]:
@@ -139,10 +128,10 @@ def set_random_keep(model: SpeechEncoder, keep: float, seed: int = 0) -> None:
             p[opened] = BIG_LOG_ALPHA
 
 
-def pruned_hubert_base() -> Dict[str, SpeechEncoder]:
+def pruned_hubert_base_config() -> Dict[str, SpeechEncoder]:
     """HuBERT Base and the model ``prune_model`` makes from it with ~72 % of params removed."""
     torch.manual_seed(0)
-    dense = SpeechEncoder(hubert_base()).eval()
+    dense = SpeechEncoder(hubert_base_config()).eval()
     gated = with_gates(dense, GateConfig.all_on())
     set_random_keep(gated, PRUNE_KEEP)
     pruned = prune_model(gated).eval()
@@ -302,18 +291,6 @@ def render(
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section between its markers, keeping other scripts' sections."""
-    text = path.read_text() if path.exists() else HEADER
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
@@ -331,10 +308,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     start = CpuShare.now()
     # tiny steps take milliseconds, so they get more calls for a stable median
     training = {
-        "HuBERT Base": bench_training(hubert_base(), warmup, repeats, "train HuBERT Base"),
+        "HuBERT Base": bench_training(hubert_base_config(), warmup, repeats, "train HuBERT Base"),
         "tiny": bench_training(tiny_config(), warmup * 5, repeats * 10, "train tiny"),
     }
-    models = pruned_hubert_base()
+    models = pruned_hubert_base_config()
     inference = inference_table(bench_inference(models, warmup, repeats), models)
     base_costs = costs(models["dense"])
     cost = cost_table(
@@ -351,7 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     )
     others = CpuShare.now().others_since(start)
     section = render(machine_lines(args.threads, others), command.strip(), protocol, training, inference, cost)
-    write_section(args.output, section)
+    write_section(args.output, MARK, section)
     print(section)
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import datetime
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import yaml
 
-FORMAT = "espnet-compress-model/1"
+from espnet_plugin.utils.atomic import atomic_write
+
+FORMAT_NAME, FORMAT_VERSION = "espnet-compress-model", 1
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"
 TOP_LEVEL_KEYS = {"format", "architecture", "provenance"}
@@ -26,17 +28,6 @@ PathLike = Union[str, os.PathLike]
 
 class ModelFormatError(ValueError):
     """A directory or file that is not a readable compact model."""
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_model(model, output_dir: PathLike, provenance: Optional[Dict[str, Any]] = None) -> Path:
@@ -52,8 +43,8 @@ def save_model(model, output_dir: PathLike, provenance: Optional[Dict[str, Any]]
     info.update(provenance or {})
     document = {"format": FORMAT, "architecture": model.config.to_dict(), "provenance": info}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
-    _atomic_write(
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+    atomic_write(
         out / CONFIG_NAME,
         lambda tmp: Path(tmp).write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8"),
     )
@@ -69,7 +60,14 @@ def read_config(model_dir: PathLike) -> Dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ModelFormatError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ModelFormatError(f"{path}: missing or unknown 'format' (expected {FORMAT!r})")
+        found = document.get("format") if isinstance(document, dict) else None
+        name, _, version = str(found).partition("/")
+        if name == FORMAT_NAME and version.isdigit() and int(version) > FORMAT_VERSION:
+            raise ModelFormatError(
+                f"{path}: written by a newer espnet-compress (format version {version}; this version reads "
+                f"{FORMAT_VERSION}): upgrade espnet-compress to load it"
+            )
+        raise ModelFormatError(f"{path}: missing or unknown 'format' {found!r} (expected {FORMAT!r})")
     unknown = sorted(set(document) - TOP_LEVEL_KEYS)
     if unknown:
         raise ModelFormatError(f"{path}: unknown keys {unknown}; accepted keys are {sorted(TOP_LEVEL_KEYS)}")
@@ -86,6 +84,7 @@ def load_model(model_dir: PathLike, device: str = "cpu"):
     from safetensors.torch import load_file
 
     from espnet_plugin.models import ConfigError, EncoderConfig, SpeechEncoder
+    from espnet_plugin.models.model import load_weights_strictly
 
     document = read_config(model_dir)
     config_path = Path(model_dir) / CONFIG_NAME
@@ -101,10 +100,6 @@ def load_model(model_dir: PathLike, device: str = "cpu"):
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFormatError(f"{weights}: unreadable weights ({exc}); the file may be truncated") from exc
     model = SpeechEncoder(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelFormatError(
-            f"{weights}: weights do not match {config_path}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    load_weights_strictly(model, state, f"{weights} (architecture of {config_path})", ModelFormatError)
     model.provenance = document.get("provenance") or {}
     return model.to(device).eval()

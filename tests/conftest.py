@@ -1,31 +1,13 @@
-"""Shared tiny model configs: the standard 7-layer CNN layout (stride 320, 400-sample
-receptive field) with small widths, so every test runs in seconds on a CPU."""
+"""Shared test helpers. Tiny model configs come from ``espnet_plugin.models.tiny_config``:
+the standard CNN layout (stride 320, 400-sample receptive field) with small widths, so every
+test runs in seconds on a CPU."""
 import pytest
 import torch
 
-from espnet_plugin.models import EncoderConfig, LayerConfig
+from espnet_plugin.models import tiny_config  # noqa: F401  (re-exported for the test modules)
+from espnet_plugin.models.config import tiny_conv_layers
 
-TINY_CONV = [[16, 10, 5], [16, 3, 2], [16, 3, 2], [16, 3, 2], [16, 3, 2], [16, 2, 2], [16, 2, 2]]
-
-
-def tiny_config(model_type="hubert", large=False, num_layers=3, heads=4, ffn=48, **overrides) -> EncoderConfig:
-    base = dict(
-        model_type=model_type,
-        conv_layers=[list(c) for c in TINY_CONV],
-        extractor_mode="layer_norm" if large else "group_norm",
-        conv_bias=large,
-        embed_dim=32,
-        head_dim=8,
-        layers=[LayerConfig(heads, ffn) for _ in range(num_layers)],
-        layer_norm_first=large,
-        pos_conv_kernel=16,
-        pos_conv_groups=4,
-        rel_pos_heads=heads if model_type == "wavlm" else 0,
-        num_buckets=32,
-        max_distance=64,
-    )
-    base.update(overrides)
-    return EncoderConfig(**base)
+TINY_CONV = tiny_conv_layers()
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:

@@ -219,7 +219,7 @@ def test_two_process_cpu_ddp_with_gloo(workdir, tmp_path):
     from espnet_plugin.distill.model import DistillPruneModel
     from espnet_plugin.distill.student import build_student
     from espnet_plugin.models import GateConfig
-    from espnet_plugin.utils.importers import import_model
+    from espnet_plugin.importers import import_model
 
     args = yaml.safe_load((exp / "config.yaml").read_text())
     teacher, _ = import_model(args["teacher_path"])

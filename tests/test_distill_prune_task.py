@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 import torch
@@ -16,7 +17,8 @@ from espnet_plugin.utils.audio import synthesize
 from espnet_plugin.utils.kaldi_data import write_scp, write_shape_file
 from tests.conftest import randomize_, tiny_config
 
-CONF_DIR = Path(espnet_plugin.__file__).parent / "conf"
+CONF_DIR = Path(__file__).parent / "conf"  # the tiny CPU configs
+PAPER_CONF_DIR = Path(__file__).parents[1] / "egs2" / "librispeech" / "conf"
 SENTENCES = [
     "the cat sat on the mat", "a quick brown fox", "speech models are large", "prune the heads",
     "keep what matters", "distil the teacher", "small devices need small models", "hello world again",
@@ -183,10 +185,11 @@ def test_print_config_reloads_through_config(tmp_path):
 @pytest.fixture(scope="module")
 def full_size_teachers(tmp_path_factory):
     """Random-weight teachers of the paper configs' sizes (no pretrained weights here)."""
-    from espnet_plugin.models.model import hubert_base, hubert_large, wavlm_base
+    from espnet_plugin.models import hubert_base_config, hubert_large_config, wavlm_base_config
 
     root = tmp_path_factory.mktemp("teachers")
-    for name, factory in [("hubert_base", hubert_base), ("wavlm_base_plus", wavlm_base), ("hubert_large", hubert_large)]:
+    for name, factory in [("hubert_base", hubert_base_config), ("wavlm_base_plus", wavlm_base_config),
+                          ("hubert_large", hubert_large_config)]:
         save_model(SpeechEncoder(factory()), root / name)
     return root
 
@@ -194,8 +197,8 @@ def full_size_teachers(tmp_path_factory):
 def test_every_shipped_config_passes_dry_run(workdir, full_size_teachers, tmp_path):
     from espnet_plugin.tasks.distill_prune import DistillPruneTask
 
-    configs = sorted(CONF_DIR.glob("*.yaml"))
-    assert len(configs) >= 10
+    configs = sorted(CONF_DIR.glob("*.yaml")) + sorted(PAPER_CONF_DIR.glob("*.yaml"))
+    assert len(configs) >= 12
     for config in configs:
         teacher = workdir / "teacher"
         for name in ("hubert_base", "wavlm_base_plus", "hubert_large", "distilhubert_base"):
@@ -205,3 +208,61 @@ def test_every_shipped_config_passes_dry_run(workdir, full_size_teachers, tmp_pa
         command[command.index("--teacher_path") + 1] = str(teacher)
         DistillPruneTask.main(cmd=command)
         assert (tmp_path / config.stem / "config.yaml").is_file(), config
+
+
+def test_second_run_on_a_busy_experiment_directory_refuses_and_writes_nothing(workdir, tmp_path):
+    exp = tmp_path / "busy"
+    exp.mkdir()
+    (exp / "config.yaml").write_text("written by the first run\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom espnet_plugin.utils.run_lock import exclusive_output_dir\n"
+         f"with exclusive_output_dir({str(exp)!r}):\n    print('held', flush=True)\n    time.sleep(900)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        command = train_command(workdir, exp, CONF_DIR / "tiny_stage1.yaml")
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode != 0
+        assert f"{exp}: another run is using this experiment directory (pid {holder.pid}" in result.stderr
+        assert (exp / "config.yaml").read_text() == "written by the first run\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the killed holder's lock: the directory is usable again
+    from espnet_plugin.utils.run_lock import exclusive_output_dir
+
+    with exclusive_output_dir(exp):
+        pass
+
+
+def test_nonfinite_guard_counts_names_the_batch_and_stops():
+    from espnet_plugin.utils.nonfinite import NonFiniteGuard, NonFiniteLossError
+
+    guard = NonFiniteGuard(max_steps=2)
+    guard.check(torch.tensor(1.5), ["a"])
+    assert guard.count == 0
+    guard.check(torch.tensor(float("nan")), ["a", "b"])
+    guard.check(torch.tensor(float("inf")), ["c"])
+    assert guard.count == 2
+    with pytest.raises(NonFiniteLossError, match=r"3 training steps had a NaN or infinite loss .*max_nonfinite_steps: 2.*batch: d"):
+        guard.check(torch.tensor(float("nan")), ["d"])
+
+
+def test_nan_audio_stops_training_with_the_utterance_named(workdir, tmp_path):
+    data = tmp_path / "data"
+    wav = np.zeros(16000, dtype=np.float32)
+    wav[4000] = np.nan
+    data.mkdir()
+    soundfile.write(data / "bad.wav", wav, 16000, subtype="FLOAT")
+    write_scp(data / "wav.scp", {"bad_utt": str(data / "bad.wav")})
+    write_shape_file(data / "wav.scp", data / "speech_shape")
+    command = train_command(workdir, tmp_path / "exp", CONF_DIR / "tiny_stage1.yaml", "--max_nonfinite_steps", "0")
+    for option in ("--train_data_path_and_name_and_type", "--valid_data_path_and_name_and_type"):
+        command[command.index(option) + 1] = f"{data / 'wav.scp'},speech,sound"
+    for option in ("--train_shape_file", "--valid_shape_file"):
+        command[command.index(option) + 1] = str(data / "speech_shape")
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "NonFiniteLossError: 1 training steps had a NaN or infinite loss" in result.stderr
+    assert "batch: bad_utt" in result.stderr

@@ -34,7 +34,20 @@ def test_deterministic_mask_keeps_the_largest_log_alphas():
     mask = gate()
     assert mask.sum().item() == keep == 3
     assert mask.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
-    assert HardConcreteGate(4, min_keep=1).eval().deterministic_mask().sum() >= 1
+
+
+
+def test_min_keep_keeps_the_most_open_units_of_a_closed_gate():
+    """A gate whose expected open count rounds to 0 still keeps ``min_keep`` units (conv
+    layers keep a channel so the CNN never breaks), the ones with the largest log_alpha."""
+    closed = torch.tensor([-9.0, -6.0, -8.0, -7.0])
+    plain, floored = HardConcreteGate(4).eval(), HardConcreteGate(4, min_keep=2).eval()
+    with torch.no_grad():
+        plain.log_alpha.copy_(closed)
+        floored.log_alpha.copy_(closed)
+    assert round(plain.expected_open().item()) == 0
+    assert plain.deterministic_mask().tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert floored.deterministic_mask().tolist() == [0.0, 1.0, 0.0, 1.0]
 
 
 def test_lagrangian_drives_expected_sparsity_to_target():

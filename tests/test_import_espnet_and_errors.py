@@ -9,7 +9,7 @@ import yaml
 import espnet_plugin
 from espnet_plugin.compact import ModelFormatError, save_model
 from espnet_plugin.models import ConfigError, EncoderConfig, SpeechEncoder
-from espnet_plugin.utils.importers import CheckpointFormatError, import_model
+from espnet_plugin.importers import CheckpointFormatError, import_model
 from tests.conftest import TINY_CONV, randomize_, tiny_config
 from tests.test_import_hf_torchaudio import assert_matches, torchaudio_reference
 
@@ -103,7 +103,7 @@ def test_truncated_and_empty_checkpoints_are_named(tmp_path):
     torch.save(SpeechEncoder(tiny_config()).state_dict(), good)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:2000])
-    with pytest.raises(CheckpointFormatError, match="truncated.pt.*truncated or corrupt"):
+    with pytest.raises(CheckpointFormatError, match="truncated.pt.*truncated, corrupt"):
         import_model(truncated)
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
@@ -111,6 +111,42 @@ def test_truncated_and_empty_checkpoints_are_named(tmp_path):
         import_model(empty)
     with pytest.raises(CheckpointFormatError, match="no such file"):
         import_model(tmp_path / "missing.pt")
+
+
+def test_a_text_file_named_like_a_checkpoint_is_named(tmp_path):
+    text = tmp_path / "model.pt"
+    text.write_text("epoch 3 loss 0.25\n")
+    with pytest.raises(CheckpointFormatError, match="model.pt: not a readable PyTorch checkpoint.*accepted formats"):
+        import_model(text)
+
+
+def test_non_finite_audio_is_rejected_by_extract_hidden_states():
+    model = SpeechEncoder(tiny_config()).eval()
+    wavs = torch.zeros(3, 1600)
+    wavs[1, 100] = float("nan")
+    wavs[2, 5] = float("inf")
+    with pytest.raises(ValueError, match=r"utterance\(s\) \[1, 2\] of the batch contain NaN or infinite"):
+        model.extract_hidden_states(wavs)
+
+
+def test_compact_files_are_readable_by_everyone_like_other_outputs(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = save_model(SpeechEncoder(tiny_config()), tmp_path / "m")
+    finally:
+        os.umask(old)
+    for name in ("config.yaml", "model.safetensors"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_compact_model_of_a_newer_format_version_says_upgrade(tmp_path):
+    out = save_model(SpeechEncoder(tiny_config()), tmp_path / "m")
+    config = out / "config.yaml"
+    config.write_text(config.read_text().replace("espnet-compress-model/1", "espnet-compress-model/2"))
+    with pytest.raises(ModelFormatError, match="config.yaml: written by a newer espnet-compress .*version 2"):
+        espnet_plugin.load_model(out)
 
 
 def test_truncated_compact_weights_are_named(tmp_path):

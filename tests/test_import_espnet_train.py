@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from espnet_plugin.utils.audio import read_audio, synthesize
-from espnet_plugin.utils.importers import import_model
+from espnet_plugin.importers import import_model
 from tests.conftest import TINY_CONV
 from tests.test_import_hf_torchaudio import assert_matches, rel_err, torchaudio_reference
 

@@ -24,9 +24,10 @@ from s3prl.upstream.wavlm.WavLM import WavLM, WavLMConfig
 from s3prl.upstream.wavlm.modules import MultiheadAttention as WavLMAttention
 
 from espnet_plugin.models.components import relative_position_buckets
-from espnet_plugin.utils.importers import CheckpointFormatError, import_model
-from espnet_plugin.utils.importers.fairseq import is_fairseq, parse_conv_layers
-from espnet_plugin.utils.importers.wavlm_official import is_wavlm_official
+from espnet_plugin.importers import CheckpointFormatError, import_model
+from espnet_plugin.importers.fairseq import is_fairseq
+from espnet_plugin.importers.fairseq_config import parse_conv_layers
+from espnet_plugin.importers.wavlm_official import is_wavlm_official
 
 CONV = "[(16,10,5)] + [(16,3,2)] * 4 + [(16,2,2)] * 2"
 ARCH = dict(

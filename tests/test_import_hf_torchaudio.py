@@ -13,7 +13,7 @@ from transformers import (
     WavLMModel,
 )
 
-from espnet_plugin.utils.importers import import_model
+from espnet_plugin.importers import import_model
 from tests.conftest import TINY_CONV, randomize_
 
 HF_TINY = dict(

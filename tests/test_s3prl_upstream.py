@@ -179,7 +179,7 @@ def test_entry_reads_checkpoint_files_and_model_config(hub, tmp_path, model_dir)
     import torchaudio
     import yaml
 
-    from espnet_plugin.utils.importers import import_model
+    from espnet_plugin.importers import import_model
     from tests.conftest import TINY_CONV
 
     ref = torchaudio.models.wav2vec2_model(

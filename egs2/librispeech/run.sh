@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
 done
 
 cd "$(dirname "$0")"
-conf=$(${python} -c "import espnet_plugin, pathlib; print(pathlib.Path(espnet_plugin.__file__).parent / 'conf')")
+conf=$(pwd)/conf
 data=${exp}/data
 multi_gpu=""
 [ "${ngpu}" -gt 1 ] && multi_gpu="--multiprocessing_distributed true"

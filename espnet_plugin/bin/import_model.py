@@ -10,8 +10,8 @@ import sys
 from typing import List, Optional
 
 from espnet_plugin.compact import save_model
-from espnet_plugin.utils.importers import CheckpointFormatError, import_model
-from espnet_plugin.utils.importers.common import formats_help
+from espnet_plugin.importers import CheckpointFormatError, import_model
+from espnet_plugin.importers.common import formats_help
 
 
 def get_parser() -> argparse.ArgumentParser:

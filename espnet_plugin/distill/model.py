@@ -19,6 +19,7 @@ from espnet_plugin.losses import build_distill_loss
 from espnet_plugin.models import SpeechEncoder
 from espnet_plugin.models.components import frame_key_mask
 from espnet_plugin.pruning import SparsityLagrangian
+from espnet_plugin.utils.nonfinite import NonFiniteGuard
 
 SPARSITY_METRICS = ("params", "macs")
 
@@ -47,8 +48,10 @@ class DistillPruneModel(AbsESPnetModel):
                 raise ValueError("target_sparsity needs gates: switch some on in the student's gates config")
             self.lagrangian = SparsityLagrangian(target_sparsity, sparsity_warmup_steps)
         reference = teacher.num_params() if sparsity_metric == "params" else teacher.expected_macs().item()
-        self.register_buffer("reference_cost", torch.tensor(float(reference)), persistent=False)
+        # a Python float (float64), not a buffer: ESPnet's cast to train_dtype would round it
+        self.reference_cost = float(reference)
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        self.nonfinite_guard = NonFiniteGuard()
 
     @property
     def teacher(self) -> SpeechEncoder:
@@ -59,7 +62,7 @@ class DistillPruneModel(AbsESPnetModel):
             cost = self.student.expected_params(deterministic)
         else:
             cost = self.student.expected_macs(deterministic)
-        return 1.0 - cost.to(self.reference_cost.device) / self.reference_cost
+        return 1.0 - cost / self.reference_cost
 
     def forward(
         self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs
@@ -76,7 +79,7 @@ class DistillPruneModel(AbsESPnetModel):
         stats = {**stats, "distill": distill.detach()}
         if self.lagrangian is not None:
             step = int(self.num_steps)
-            sparsity = self.expected_sparsity()
+            sparsity = self.expected_sparsity().float()  # exact counts in float64, the loss in float32
             penalty = self.lagrangian(sparsity, step)
             loss = loss + penalty
             stats.update(
@@ -88,6 +91,8 @@ class DistillPruneModel(AbsESPnetModel):
             )
             if self.training:
                 self.num_steps += 1
+        if self.training:
+            self.nonfinite_guard.check(loss, kwargs.get("utt_id"))
         stats["loss"] = loss.detach()
         batch_size = torch.tensor(speech.shape[0], device=loss.device)
         # 1-dim weight and tensors on one device: what ESPnet's DDP / DataParallel averaging expects

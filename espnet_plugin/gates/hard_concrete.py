@@ -1,4 +1,4 @@
-"""Hard-concrete (L0) gates of Louizos et al., as used by DPHuBERT (algorithms.md §1)."""
+"""Hard-concrete (L0) gates of Louizos et al., as used by DPHuBERT (docs/pruning.md)."""
 from __future__ import annotations
 
 import math

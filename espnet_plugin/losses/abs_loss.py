@@ -44,6 +44,40 @@ class DistillLoss(nn.Module, ABC):
         return zero_padding(s, mask), zero_padding(t, mask)
 
 
+class LayerMapLoss(DistillLoss):
+    """A loss computed pair by pair over ``layer_map`` (student index, teacher index) and averaged.
+
+    Subclasses implement :meth:`pair_loss` for one pair and list the constructor options
+    shown by ``repr`` in ``repr_options``. Stats: every pair's named values suffixed with the
+    pair (``l1_s4_t4``), and ``loss``.
+    """
+
+    repr_options: Tuple[str, ...] = ()
+
+    def __init__(self, student_dim: int, teacher_dim: int, layer_map: Sequence[Sequence[int]]) -> None:
+        super().__init__(student_dim, teacher_dim)
+        self.layer_map = parse_layer_map(layer_map)
+
+    @abstractmethod
+    def pair_loss(self, index: int, student: Tensor, teacher: Tensor, mask: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """The term of pair ``index`` of ``layer_map``: student/teacher (B, T, C) float32, padded
+        frames zeroed, teacher detached; mask (B, T). Returns the term and its named stats."""
+
+    def forward(self, student: List[Tensor], teacher: List[Tensor], mask: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        total, stats = 0.0, {}
+        for index, (s_idx, t_idx) in enumerate(self.layer_map):
+            s, t = self._pair(student, teacher, mask, s_idx, t_idx)
+            term, term_stats = self.pair_loss(index, s, t, mask)
+            total = total + term
+            stats.update({f"{name}_{pair_name(s_idx, t_idx)}": value.detach() for name, value in term_stats.items()})
+        loss = total / len(self.layer_map)
+        stats["loss"] = loss.detach()
+        return loss, stats
+
+    def extra_repr(self) -> str:
+        return ", ".join([f"layer_map={self.layer_map}"] + [f"{name}={getattr(self, name)!r}" for name in self.repr_options])
+
+
 def parse_layer_map(layer_map: Sequence[Sequence[int]]) -> LayerMap:
     """``[[student_idx, teacher_idx], ...]`` (YAML lists) as a validated list of int pairs."""
     pairs = [tuple(pair) if isinstance(pair, (list, tuple)) else (pair,) for pair in layer_map]

@@ -1,12 +1,12 @@
 """Channel-wise distillation (Shu et al., ICCV 2021) over time for speech features."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from espnet_plugin.losses.abs_loss import DEFAULT_LAYER_MAP, DistillLoss, identity_linear, pair_name, parse_layer_map
+from espnet_plugin.losses.abs_loss import DEFAULT_LAYER_MAP, LayerMapLoss, identity_linear
 
 
 def channel_distribution_kl(student: Tensor, teacher: Tensor, mask: Tensor, temperature: float) -> Tensor:
@@ -30,7 +30,7 @@ def alignment(student_dim: int, teacher_dim: int) -> nn.Module:
     return nn.Identity() if student_dim == teacher_dim else identity_linear(student_dim, teacher_dim)
 
 
-class ChannelWiseLoss(DistillLoss):
+class ChannelWiseLoss(LayerMapLoss):
     """Each channel's activation over time, as a distribution, should match the teacher's.
 
     Softmax over the valid frames at ``temperature``, KL(teacher || student), summed over
@@ -40,6 +40,8 @@ class ChannelWiseLoss(DistillLoss):
     the student to the teacher width when they differ. The pairs are averaged.
     """
 
+    repr_options = ("temperature",)
+
     def __init__(
         self,
         student_dim: int,
@@ -47,23 +49,13 @@ class ChannelWiseLoss(DistillLoss):
         layer_map: Sequence[Sequence[int]] = DEFAULT_LAYER_MAP,
         temperature: float = 4.0,
     ) -> None:
-        super().__init__(student_dim, teacher_dim)
+        super().__init__(student_dim, teacher_dim, layer_map)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.layer_map = parse_layer_map(layer_map)
         self.temperature = temperature
         self.align = nn.ModuleList(alignment(student_dim, teacher_dim) for _ in self.layer_map)
 
-    def extra_repr(self) -> str:
-        return f"layer_map={self.layer_map}, temperature={self.temperature}"
-
-    def forward(self, student: List[Tensor], teacher: List[Tensor], mask: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
-        total, stats = 0.0, {}
-        for align, (s_idx, t_idx) in zip(self.align, self.layer_map):
-            s, t = self._pair(student, teacher, mask, s_idx, t_idx)
-            term = channel_distribution_kl(align(s).transpose(1, 2), t.transpose(1, 2), mask, self.temperature)
-            total = total + term
-            stats[f"kl_{pair_name(s_idx, t_idx)}"] = term.detach()
-        loss = total / len(self.layer_map)
-        stats["loss"] = loss.detach()
-        return loss, stats
+    def pair_loss(self, index: int, student: Tensor, teacher: Tensor, mask: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        aligned = self.align[index](student).transpose(1, 2)
+        term = channel_distribution_kl(aligned, teacher.transpose(1, 2), mask, self.temperature)
+        return term, {"kl": term}

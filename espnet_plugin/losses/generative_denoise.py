@@ -1,12 +1,12 @@
-"""Generative denoise distillation (Liu et al., 2024), algorithms.md §3, for (B, T, C) speech features."""
+"""Generative denoise distillation (Liu et al., 2024; docs/distillation.md) for (B, T, C) speech features."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from espnet_plugin.losses.abs_loss import DEFAULT_LAYER_MAP, DistillLoss, pair_name, parse_layer_map
+from espnet_plugin.losses.abs_loss import DEFAULT_LAYER_MAP, LayerMapLoss
 from espnet_plugin.losses.channel_wise import alignment, channel_distribution_kl
 
 
@@ -28,7 +28,7 @@ class DenoiseGenerator(nn.Module):
         return self.conv2(torch.where(valid, hidden, 0.0))
 
 
-class GenerativeDenoiseLoss(DistillLoss):
+class GenerativeDenoiseLoss(LayerMapLoss):
     """The student's features, corrupted by noise, must let a small generator rebuild the
     teacher's: it pushes the student to encode what the teacher encodes rather than to copy it.
 
@@ -41,6 +41,8 @@ class GenerativeDenoiseLoss(DistillLoss):
     multiplies like the spec weight does.
     """
 
+    repr_options = ("noise_scale", "temperature", "alpha")
+
     def __init__(
         self,
         student_dim: int,
@@ -50,32 +52,19 @@ class GenerativeDenoiseLoss(DistillLoss):
         temperature: float = 4.0,
         alpha: float = 1.0,
     ) -> None:
-        super().__init__(student_dim, teacher_dim)
+        super().__init__(student_dim, teacher_dim, layer_map)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if noise_scale < 0:
             raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
-        self.layer_map = parse_layer_map(layer_map)
         self.noise_scale, self.temperature, self.alpha = noise_scale, temperature, alpha
         self.align = nn.ModuleList(alignment(student_dim, teacher_dim) for _ in self.layer_map)
         self.generators = nn.ModuleList(DenoiseGenerator(teacher_dim) for _ in self.layer_map)
 
-    def extra_repr(self) -> str:
-        return (f"layer_map={self.layer_map}, noise_scale={self.noise_scale}, "
-                f"temperature={self.temperature}, alpha={self.alpha}")
-
-    def forward(self, student: List[Tensor], teacher: List[Tensor], mask: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
-        total, stats = 0.0, {}
-        valid = mask.unsqueeze(1)
-        for align, generator, (s_idx, t_idx) in zip(self.align, self.generators, self.layer_map):
-            s, t = self._pair(student, teacher, mask, s_idx, t_idx)
-            s = align(s).transpose(1, 2)
-            if self.training and self.noise_scale > 0:
-                s = s + self.noise_scale * torch.randn_like(s[:, :1])
-            rebuilt = generator(s, valid)
-            term = self.alpha * channel_distribution_kl(rebuilt, t.transpose(1, 2), mask, self.temperature)
-            total = total + term
-            stats[f"kl_{pair_name(s_idx, t_idx)}"] = term.detach()
-        loss = total / len(self.layer_map)
-        stats["loss"] = loss.detach()
-        return loss, stats
+    def pair_loss(self, index: int, student: Tensor, teacher: Tensor, mask: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        aligned = self.align[index](student).transpose(1, 2)
+        if self.training and self.noise_scale > 0:
+            aligned = aligned + self.noise_scale * torch.randn_like(aligned[:, :1])
+        rebuilt = self.generators[index](aligned, mask.unsqueeze(1))
+        term = self.alpha * channel_distribution_kl(rebuilt, teacher.transpose(1, 2), mask, self.temperature)
+        return term, {"kl": term}

@@ -1,13 +1,13 @@
 """Similarity-preserving distillation (Tung & Mori; the fine-grained time variant of
-Nathoo et al.), algorithms.md §2."""
+Nathoo et al.); formulas in docs/distillation.md."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from espnet_plugin.losses.abs_loss import DEFAULT_LAYER_MAP, DistillLoss, pair_name, parse_layer_map
+from espnet_plugin.losses.abs_loss import DEFAULT_LAYER_MAP, LayerMapLoss
 
 AXES = ("batch", "time")
 
@@ -17,7 +17,7 @@ def normalized_gram(x: Tensor) -> Tensor:
     return F.normalize(x @ x.transpose(-1, -2), dim=-1)
 
 
-class SimilarityPreservingLoss(DistillLoss):
+class SimilarityPreservingLoss(LayerMapLoss):
     """Match the pattern of similarities a layer produces, not the activations themselves.
 
     Gram matrices compare items within one network, so student and teacher widths cancel and
@@ -37,6 +37,8 @@ class SimilarityPreservingLoss(DistillLoss):
     The pairs of ``layer_map`` are averaged (the paper sums; the weight absorbs the factor).
     """
 
+    repr_options = ("axis", "max_frames")
+
     def __init__(
         self,
         student_dim: int,
@@ -45,28 +47,17 @@ class SimilarityPreservingLoss(DistillLoss):
         axis: str = "batch",
         max_frames: Optional[int] = 512,
     ) -> None:
-        super().__init__(student_dim, teacher_dim)
+        super().__init__(student_dim, teacher_dim, layer_map)
         if axis not in AXES:
             raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be positive or None, got {max_frames}")
-        self.layer_map = parse_layer_map(layer_map)
         self.axis = axis
         self.max_frames = max_frames
 
-    def extra_repr(self) -> str:
-        return f"layer_map={self.layer_map}, axis={self.axis!r}, max_frames={self.max_frames}"
-
-    def forward(self, student: List[Tensor], teacher: List[Tensor], mask: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
-        total, stats = 0.0, {}
-        for s_idx, t_idx in self.layer_map:
-            s, t = self._pair(student, teacher, mask, s_idx, t_idx)
-            term = self._batch_term(s, t, mask) if self.axis == "batch" else self._time_term(s, t, mask)
-            total = total + term
-            stats[f"sp_{pair_name(s_idx, t_idx)}"] = term.detach()
-        loss = total / len(self.layer_map)
-        stats["loss"] = loss.detach()
-        return loss, stats
+    def pair_loss(self, index: int, student: Tensor, teacher: Tensor, mask: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        term = self._batch_term(student, teacher, mask) if self.axis == "batch" else self._time_term(student, teacher, mask)
+        return term, {"sp": term}
 
     @staticmethod
     def _batch_term(s: Tensor, t: Tensor, mask: Tensor) -> Tensor:

@@ -255,6 +255,11 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.gate = HardConcreteGate(ffn_dim, init_drop_rate) if gated and ffn_dim > 0 else None
 
+    @property
+    def num_units(self) -> int:
+        """Intermediate units (0 once every unit is pruned and only the output bias is left)."""
+        return 0 if self.out_bias is not None else self.intermediate.out_features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.out_bias is not None:
             return self.out_bias.expand_as(x)

@@ -33,7 +33,7 @@ def _from_dict(cls, data: Dict[str, Any], where: str):
 
 @dataclass
 class GateConfig:
-    """Which structures carry hard-concrete gates (algorithms.md §1)."""
+    """Which structures carry hard-concrete gates (docs/pruning.md)."""
 
     conv_channels: bool = False
     attention_heads: bool = False
@@ -160,7 +160,85 @@ class EncoderConfig:
         except TypeError as exc:  # pragma: no cover - dataclass signature errors
             raise ConfigError(f"{where}: {exc}") from exc
 
-    def without_gates(self) -> "EncoderConfig":
-        data = self.to_dict()
-        data["gates"] = dataclasses.asdict(GateConfig())
-        return EncoderConfig.from_dict(data)
+
+# ------------------------------------------------- configs of the published layouts
+def _config(
+    model_type: str,
+    large: bool,
+    num_layers: Optional[int] = None,
+    **overrides,
+) -> EncoderConfig:
+    d, heads, ffn, n = (1024, 16, 4096, 24) if large else (768, 12, 3072, 12)
+    n = num_layers or n
+    base = dict(
+        model_type=model_type,
+        extractor_mode="layer_norm" if large else "group_norm",
+        embed_dim=d,
+        layer_norm_first=large,
+        layers=[LayerConfig(heads, ffn) for _ in range(n)],
+        rel_pos_heads=heads if model_type == "wavlm" else 0,
+    )
+    base.update(overrides)
+    return EncoderConfig(**base)
+
+
+def hubert_base_config(**overrides) -> EncoderConfig:
+    """HuBERT Base's layout (build the model with ``SpeechEncoder(hubert_base_config())``)."""
+    return _config("hubert", large=False, **overrides)
+
+
+def hubert_large_config(**overrides) -> EncoderConfig:
+    return _config("hubert", large=True, **overrides)
+
+
+def wav2vec2_base_config(**overrides) -> EncoderConfig:
+    return _config("wav2vec2", large=False, **overrides)
+
+
+def wav2vec2_large_config(**overrides) -> EncoderConfig:
+    """wav2vec 2.0 Large (LV-60k layout: layer-norm extractor with conv bias, pre-LN)."""
+    overrides.setdefault("conv_bias", True)
+    return _config("wav2vec2", large=True, **overrides)
+
+
+def wavlm_base_config(**overrides) -> EncoderConfig:
+    return _config("wavlm", large=False, **overrides)
+
+
+def wavlm_large_config(**overrides) -> EncoderConfig:
+    return _config("wavlm", large=True, **overrides)
+
+
+def tiny_conv_layers(width: int = 16) -> List[List[int]]:
+    """The standard 7-layer CNN layout (stride 320, 400-sample receptive field) at ``width``."""
+    return [[width, 10, 5]] + [[width, 3, 2] for _ in range(4)] + [[width, 2, 2] for _ in range(2)]
+
+
+def tiny_config(
+    model_type: str = "hubert",
+    large: bool = False,
+    num_layers: int = 3,
+    heads: int = 4,
+    ffn: int = 48,
+    conv_width: int = 16,
+    **overrides,
+) -> EncoderConfig:
+    """A CPU-sized layout with the standard CNN strides (tests, benchmarks, examples): 32-wide,
+    8-dim heads, small positional conv; ``large`` gives the Large layout's LN choices."""
+    base = dict(
+        model_type=model_type,
+        conv_layers=tiny_conv_layers(conv_width),
+        extractor_mode="layer_norm" if large else "group_norm",
+        conv_bias=large,
+        embed_dim=32,
+        head_dim=8,
+        layers=[LayerConfig(heads, ffn) for _ in range(num_layers)],
+        layer_norm_first=large,
+        pos_conv_kernel=16,
+        pos_conv_groups=4,
+        rel_pos_heads=heads if model_type == "wavlm" else 0,
+        num_buckets=32,
+        max_distance=64,
+    )
+    base.update(overrides)
+    return EncoderConfig(**base)

@@ -13,12 +13,18 @@ from typing import List
 
 import torch
 
-SAMPLE_RATE = 16000
+from espnet_plugin.utils.audio import SAMPLE_RATE
+
+
+
+#: Counts are summed in float64: float32 has a 24-bit mantissa, so a count above 16.7 M (any
+#: Large-size model) would not be exact in float32.
+COUNT_DTYPE = torch.float64
 
 
 @dataclass
 class Structure:
-    """Openness of every prunable unit, in [0, 1] (1 = kept)."""
+    """Openness of every prunable unit, in [0, 1] (1 = kept), as float64."""
 
     conv_channels: List[torch.Tensor]
     heads: List[torch.Tensor]
@@ -30,10 +36,10 @@ class Structure:
     def of_model(cls, model, deterministic: bool) -> "Structure":
         def openness(gate, n: int, present: bool = True) -> torch.Tensor:
             if not present:
-                return torch.zeros(n)
+                return torch.zeros(n, dtype=COUNT_DTYPE)
             if gate is None:
-                return torch.ones(n)
-            return gate.openness(deterministic)
+                return torch.ones(n, dtype=COUNT_DTYPE)
+            return gate.openness(deterministic).to(COUNT_DTYPE)
 
         conv = [openness(layer.gate, layer.conv.out_channels) for layer in model.feature_extractor.conv_layers]
         heads, attention, units, ffn = [], [], [], []
@@ -41,8 +47,7 @@ class Structure:
             att, ff = layer.attention, layer.ffn
             heads.append(openness(att and att.gate, att.num_heads if att else 0, att is not None))
             attention.append(openness(layer.attention_block_gate, 1, att is not None)[0])
-            n_units = 0 if ff is None or ff.out_bias is not None else ff.intermediate.out_features
-            units.append(openness(ff and ff.gate, n_units, ff is not None))
+            units.append(openness(ff and ff.gate, ff.num_units if ff else 0, ff is not None))
             ffn.append(openness(layer.ffn_block_gate, 1, ff is not None)[0])
         return cls(conv, heads, attention, units, ffn)
 
@@ -62,8 +67,8 @@ def frames_per_layer(conv_layers, samples: int) -> List[int]:
 
 def count_params(cfg, s: Structure) -> torch.Tensor:
     d = cfg.embed_dim
-    total = torch.zeros(())
-    in_ch = torch.ones(())
+    total = torch.zeros((), dtype=COUNT_DTYPE)
+    in_ch = torch.ones((), dtype=COUNT_DTYPE)
     for i, (_, kernel, _) in enumerate(cfg.conv_layers):
         out_ch = s.conv_channels[i].sum()
         total = total + in_ch * out_ch * kernel
@@ -94,8 +99,8 @@ def count_macs(cfg, s: Structure, seconds: float = 1.0) -> torch.Tensor:
     frames = frames_per_layer(cfg.conv_layers, int(round(seconds * SAMPLE_RATE)))
     t = frames[-1]
     d, dh = cfg.embed_dim, cfg.head_dim
-    total = torch.zeros(())
-    in_ch = torch.ones(())
+    total = torch.zeros((), dtype=COUNT_DTYPE)
+    in_ch = torch.ones((), dtype=COUNT_DTYPE)
     for i, (_, kernel, _) in enumerate(cfg.conv_layers):
         out_ch = s.conv_channels[i].sum()
         total = total + frames[i] * in_ch * out_ch * kernel

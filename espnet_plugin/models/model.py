@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import List, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -15,10 +15,10 @@ from espnet_plugin.models.components import (
     frame_key_mask,
     relative_position_buckets,
 )
-from espnet_plugin.models.config import EncoderConfig, GateConfig, LayerConfig
+from espnet_plugin.models.config import EncoderConfig, GateConfig
 from espnet_plugin.models.counting import Structure, count_macs, count_params
+from espnet_plugin.utils.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 
 
 class SpeechEncoder(nn.Module):
@@ -111,6 +111,10 @@ class SpeechEncoder(nn.Module):
             raise ValueError(f"wav_lengths: expected shape ({wavs.shape[0]},), got {tuple(wav_lengths.shape)}")
         if int(wav_lengths.max()) > wavs.shape[1]:
             raise ValueError("wav_lengths: a length exceeds the padded number of samples")
+        finite = torch.isfinite(wavs).all(dim=1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten().tolist()
+            raise ValueError(f"wavs: utterance(s) {bad} of the batch contain NaN or infinite samples")
         shortest = int(wav_lengths.min())
         if shortest < self.receptive_field:
             raise ValueError(
@@ -160,69 +164,25 @@ def _describe(x) -> str:
     return type(x).__name__
 
 
+def load_weights_strictly(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    where: str,
+    error: Type[Exception] = ValueError,
+    may_lack: Tuple[str, ...] = (),
+) -> None:
+    """``load_state_dict`` that raises ``error`` naming ``where`` when a weight is missing or
+    unexpected (weights whose names end with one of ``may_lack`` may be missing)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [key for key in missing if not key.endswith(may_lack)] if may_lack else missing
+    if missing or unexpected:
+        raise error(f"{where}: weights do not match the architecture; missing {missing[:6]}, unexpected {unexpected[:6]}")
+
+
 def with_gates(model: SpeechEncoder, gates: GateConfig) -> SpeechEncoder:
     """A copy of ``model`` with the given gates, weights shared by value (gates start open)."""
     config = copy.deepcopy(model.config)
     config.gates = gates
     gated = SpeechEncoder(config)
-    missing, unexpected = gated.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any(not k.endswith("log_alpha") for k in missing):
-        raise RuntimeError(f"weights do not match the architecture: missing {missing}, unexpected {unexpected}")
+    load_weights_strictly(gated, model.state_dict(), "with_gates", RuntimeError, may_lack=("log_alpha",))
     return gated
-
-
-# ----------------------------------------------------------------- factories
-def _config(
-    model_type: str,
-    large: bool,
-    num_layers: Optional[int] = None,
-    **overrides,
-) -> EncoderConfig:
-    d, heads, ffn, n = (1024, 16, 4096, 24) if large else (768, 12, 3072, 12)
-    n = num_layers or n
-    base = dict(
-        model_type=model_type,
-        extractor_mode="layer_norm" if large else "group_norm",
-        embed_dim=d,
-        layer_norm_first=large,
-        layers=[LayerConfig(heads, ffn) for _ in range(n)],
-        rel_pos_heads=heads if model_type == "wavlm" else 0,
-    )
-    base.update(overrides)
-    return EncoderConfig(**base)
-
-
-def hubert_base(**overrides) -> EncoderConfig:
-    return _config("hubert", large=False, **overrides)
-
-
-def hubert_large(**overrides) -> EncoderConfig:
-    return _config("hubert", large=True, **overrides)
-
-
-def wav2vec2_base(**overrides) -> EncoderConfig:
-    return _config("wav2vec2", large=False, **overrides)
-
-
-def wav2vec2_large(**overrides) -> EncoderConfig:
-    """wav2vec 2.0 Large (LV-60k layout: layer-norm extractor with conv bias, pre-LN)."""
-    overrides.setdefault("conv_bias", True)
-    return _config("wav2vec2", large=True, **overrides)
-
-
-def wavlm_base(**overrides) -> EncoderConfig:
-    return _config("wavlm", large=False, **overrides)
-
-
-def wavlm_large(**overrides) -> EncoderConfig:
-    return _config("wavlm", large=True, **overrides)
-
-
-FACTORIES = {
-    "hubert_base": hubert_base,
-    "hubert_large": hubert_large,
-    "wav2vec2_base": wav2vec2_base,
-    "wav2vec2_large": wav2vec2_large,
-    "wavlm_base": wavlm_base,
-    "wavlm_large": wavlm_large,
-}

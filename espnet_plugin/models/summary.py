@@ -22,14 +22,3 @@ def architecture_summary(model) -> Dict[str, Any]:
             for layer in cfg.layers
         ],
     }
-
-
-def format_summary(name: str, summary: Dict[str, Any]) -> str:
-    heads = " ".join(str(layer["heads"]) if layer["attention"] else "-" for layer in summary["layers"])
-    units = " ".join(str(layer["ffn_units"]) if layer["ffn"] else "-" for layer in summary["layers"])
-    return (
-        f"{name}: {summary['params'] / 1e6:.3f} M params, {summary['macs_per_second'] / 1e9:.3f} G MACs/s\n"
-        f"  conv channels: {' '.join(map(str, summary['conv_channels']))}\n"
-        f"  heads per layer: {heads}\n"
-        f"  FFN units per layer: {units}"
-    )

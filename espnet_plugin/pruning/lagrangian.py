@@ -1,4 +1,4 @@
-"""The sparsity Lagrangian of DPHuBERT / CoFi (algorithms.md §1).
+"""The sparsity Lagrangian of DPHuBERT / CoFi (docs/pruning.md, "Sparsity Lagrangian").
 
     penalty = lambda1 * (s_hat - t) + lambda2 * (s_hat - t) ** 2
 

@@ -75,8 +75,7 @@ def prune_model(model: SpeechEncoder) -> SpeechEncoder:
             layer_cfg.head_ids = [layer_cfg.head_ids[i] for i in heads.tolist()]
         head_keep.append(heads)
         layer_cfg.ffn = ff is not None and _block_kept(layer.ffn_block_gate)
-        n_units = 0 if not layer_cfg.ffn or ff.out_bias is not None else ff.intermediate.out_features
-        units = _keep(ff.gate, n_units) if layer_cfg.ffn else torch.zeros(0, dtype=torch.long)
+        units = _keep(ff.gate, ff.num_units) if layer_cfg.ffn else torch.zeros(0, dtype=torch.long)
         layer_cfg.ffn_dim = len(units)
         unit_keep.append(units)
 

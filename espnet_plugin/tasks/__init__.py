@@ -1,11 +1,5 @@
-"""ESPnet task classes (they import ESPnet; import them explicitly).
+"""ESPnet task classes of the plugin (they import ESPnet; import them explicitly).
 
-ESPnet prints an import-time notice on stdout (no flash-attention), which would corrupt
-``--print_config > config.yaml``: that module is imported first with stdout sent to stderr.
-(Only that one: ``AbsTask.print_config`` binds ``sys.stdout`` as a default at import time.)
+Each task module calls :func:`espnet_plugin.utils.quiet_import.import_espnet_quietly` before
+importing ESPnet, so that ``--print_config`` output stays valid YAML.
 """
-import contextlib
-import sys
-
-with contextlib.redirect_stdout(sys.stderr):
-    import espnet.nets.pytorch_backend.transformer.attention  # noqa: F401

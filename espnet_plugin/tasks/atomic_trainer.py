@@ -3,36 +3,26 @@
 ESPnet writes ``checkpoint.pth`` and ``Nepoch.pth`` with a plain ``torch.save``: a run
 killed during the write leaves a truncated file that ``--resume`` cannot read. This trainer
 runs ESPnet's own loop unchanged but routes its ``torch.save`` calls through a write to a
-temporary file in the same directory followed by ``os.replace``.
+temporary file in the same directory followed by ``os.replace``
+(:func:`espnet_plugin.utils.atomic.atomic_write`).
 """
 from __future__ import annotations
 
 import os
-import tempfile
 import types
-from pathlib import Path
 
 import espnet2.train.trainer as espnet_trainer
 import torch
 from espnet2.train.trainer import Trainer
+
+from espnet_plugin.utils.atomic import atomic_write
 
 
 def atomic_save(obj, f, *args, **kwargs) -> None:
     if not isinstance(f, (str, os.PathLike)):
         torch.save(obj, f, *args, **kwargs)
         return
-    path = Path(f)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp, *args, **kwargs)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(f, lambda tmp: torch.save(obj, tmp, *args, **kwargs))
 
 
 class _TorchWithAtomicSave(types.ModuleType):

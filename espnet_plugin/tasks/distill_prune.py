@@ -14,18 +14,22 @@ from typing import Callable, Collection, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from espnet2.tasks.abs_task import AbsTask, optim_classes
-from espnet2.train.class_choices import ClassChoices
-from espnet2.train.collate_fn import CommonCollateFn
-from espnet2.utils.nested_dict_action import NestedDictAction
-from espnet2.utils.types import str2bool, str_or_none
 
-from espnet_plugin.distill.model import DistillPruneModel
-from espnet_plugin.distill.student import build_student
-from espnet_plugin.models import ConfigError, GateConfig
-from espnet_plugin.tasks.atomic_trainer import AtomicCheckpointTrainer
-from espnet_plugin.utils.audio import check_scp_audio
-from espnet_plugin.utils.importers import import_model
+from espnet_plugin.utils.quiet_import import import_espnet_quietly
+
+import_espnet_quietly()
+from espnet2.tasks.abs_task import optim_classes  # noqa: E402
+from espnet2.train.class_choices import ClassChoices  # noqa: E402
+from espnet2.train.collate_fn import CommonCollateFn  # noqa: E402
+from espnet2.utils.nested_dict_action import NestedDictAction  # noqa: E402
+from espnet2.utils.types import str2bool, str_or_none  # noqa: E402
+
+from espnet_plugin.distill.model import DistillPruneModel  # noqa: E402
+from espnet_plugin.distill.student import build_student  # noqa: E402
+from espnet_plugin.importers import import_model  # noqa: E402
+from espnet_plugin.models import ConfigError, GateConfig  # noqa: E402
+from espnet_plugin.tasks.abs_task import DEFAULT_MAX_NONFINITE_STEPS, PluginTask  # noqa: E402
+from espnet_plugin.utils.audio import check_scp_audio  # noqa: E402
 
 model_choices = ClassChoices(
     "model",
@@ -35,10 +39,9 @@ model_choices = ClassChoices(
 )
 
 
-class DistillPruneTask(AbsTask):
+class DistillPruneTask(PluginTask):
     num_optimizers: int = 1
     class_choices_list = [model_choices]
-    trainer = AtomicCheckpointTrainer
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -109,9 +112,11 @@ class DistillPruneTask(AbsTask):
         student = build_student(teacher, gates, args.student_path, args.student_conf)
         model_class = model_choices.get_class(args.model)
         try:
-            return model_class(student=student, teacher=teacher, **args.model_conf)
+            model = model_class(student=student, teacher=teacher, **args.model_conf)
         except TypeError as exc:
             raise ConfigError(f"model_conf: {exc}") from exc
+        model.nonfinite_guard.max_steps = getattr(args, "max_nonfinite_steps", DEFAULT_MAX_NONFINITE_STEPS)
+        return model
 
     @classmethod
     def build_optimizers(cls, args: argparse.Namespace, model: torch.nn.Module) -> List[torch.optim.Optimizer]:

@@ -10,6 +10,9 @@ from typing import List, Union
 import numpy as np
 import torch
 
+from espnet_plugin.utils.kaldi_data import read_scp_lines
+
+#: the rate every model of this package works at (HuBERT / WavLM / wav2vec 2.0 are 16 kHz models)
 SAMPLE_RATE = 16000
 
 
@@ -78,24 +81,18 @@ def check_scp_audio(scp: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> in
     if not scp.is_file():
         raise AudioError(f"{scp}: no such wav.scp")
     count = 0
-    with scp.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.split(maxsplit=1)
-            if len(parts) != 2:
-                raise AudioError(f"{scp}:{number}: expected 'utterance_id path', got {line.strip()!r}")
-            path = Path(parts[1].strip())
-            where = f"{scp}:{number} ({parts[0]})"
-            if not path.is_file():
-                raise AudioError(f"{where}: {path}: no such audio file")
-            try:
-                info = soundfile.info(str(path))
-            except (RuntimeError, soundfile.LibsndfileError) as exc:
-                raise AudioError(f"{where}: {path}: unreadable or corrupt audio ({exc})") from exc
-            if info.frames == 0:
-                raise AudioError(f"{where}: {path}: the audio file is empty (0 samples)")
-            if info.samplerate != sample_rate:
-                raise AudioError(f"{where}: {path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz")
-            count += 1
+    for number, utt, value in read_scp_lines(scp, AudioError):
+        path = Path(value)
+        where = f"{scp}:{number} ({utt})"
+        if not path.is_file():
+            raise AudioError(f"{where}: {path}: no such audio file")
+        try:
+            info = soundfile.info(str(path))
+        except (RuntimeError, soundfile.LibsndfileError) as exc:
+            raise AudioError(f"{where}: {path}: unreadable or corrupt audio ({exc})") from exc
+        if info.frames == 0:
+            raise AudioError(f"{where}: {path}: the audio file is empty (0 samples)")
+        if info.samplerate != sample_rate:
+            raise AudioError(f"{where}: {path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz")
+        count += 1
     return count

@@ -6,20 +6,28 @@ a shape file (``utt_id num_samples``). Lines are sorted by utterance id, as Kald
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator, Tuple, Union
+from typing import Dict, Iterator, Tuple, Type, Union
 
 PathLike = Union[str, Path]
 
 
-def read_scp(path: PathLike) -> Iterator[Tuple[str, str]]:
+def read_scp_lines(path: PathLike, error: Type[Exception] = ValueError) -> Iterator[Tuple[int, str, str]]:
+    """``(line_number, key, value)`` of every non-empty line; a line without a value raises
+    ``error`` naming ``path:line``."""
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            parts = line.rstrip("\n").split(maxsplit=1)
+            parts = line.strip().split(maxsplit=1)
             if len(parts) != 2:
-                raise ValueError(f"{path}:{number}: expected 'key value', got {line.strip()!r}")
-            yield parts[0], parts[1]
+                raise error(f"{path}:{number}: expected 'key value', got {line.strip()!r}")
+            yield number, parts[0], parts[1]
+
+
+def read_scp(path: PathLike) -> Iterator[Tuple[str, str]]:
+    """``(key, value)`` of every non-empty line of a Kaldi-style scp / text file."""
+    for _, key, value in read_scp_lines(path):
+        yield key, value
 
 
 def write_scp(path: PathLike, entries: Dict[str, str]) -> Path:

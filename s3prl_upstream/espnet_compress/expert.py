@@ -58,8 +58,7 @@ def read_model_config(model_config: Union[None, str, os.PathLike, Dict[str, Any]
 
 def load_encoder(ckpt: Union[str, os.PathLike], num_heads: Optional[int] = None):
     """A SpeechEncoder and its provenance from a compact directory or any importable checkpoint."""
-    from espnet_plugin.compact import CONFIG_NAME, WEIGHTS_NAME, is_model_dir, load_model
-    from espnet_plugin.utils.importers import import_model
+    from espnet_plugin.importers import import_model
 
     if ckpt is None or str(ckpt) == "":
         raise ValueError(
@@ -68,14 +67,7 @@ def load_encoder(ckpt: Union[str, os.PathLike], num_heads: Optional[int] = None)
         )
     if str(ckpt).startswith(("http://", "https://")):
         raise ValueError(f"espnet_compress upstream: {ckpt}: a local path is expected (download the model first)")
-    path = Path(ckpt).expanduser()
-    if path.is_file() and path.name in (CONFIG_NAME, WEIGHTS_NAME) and is_model_dir(path.parent):
-        path = path.parent  # DIR/config.yaml or DIR/model.safetensors given for DIR
-    if is_model_dir(path):
-        model = load_model(path)
-        return model, dict(getattr(model, "provenance", {}) or {}, source=str(path.resolve()))
-    model, provenance = import_model(path, num_heads=num_heads)
-    return model, provenance
+    return import_model(ckpt, num_heads=num_heads)
 
 
 class UpstreamExpert(UpstreamBase):

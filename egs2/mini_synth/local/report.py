@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from espnet_plugin.utils.audio import SAMPLE_RATE
 from espnet_plugin.utils.machine import cpu_name
 
 MODELS = ["teacher", "compressed", "baseline", "fbank"]
@@ -44,7 +45,6 @@ TASK_COLUMNS = {
     "pr": ("pr_per", "PR PER", False),
 }
 FBANK_UPSTREAM = "fbank_no_cmvn"
-SAMPLE_RATE = 16000
 
 
 # ----------------------------------------------------------------------------- measurements

@@ -32,10 +32,9 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from espnet_plugin.utils.audio import espeak_phonemes, read_audio
+from espnet_plugin.utils.audio import SAMPLE_RATE, espeak_phonemes, read_audio
 from espnet_plugin.utils.kaldi_data import read_scp
 
-SAMPLE_RATE = 16000
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 LIBRISPEECH_SPLITS = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}
 FLUENT_SPLITS = {"train": "train", "dev": "valid", "test": "test"}

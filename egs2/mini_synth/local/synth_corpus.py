@@ -28,9 +28,8 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from espnet_plugin.utils.audio import synthesize
+from espnet_plugin.utils.audio import SAMPLE_RATE, synthesize
 
-SAMPLE_RATE = 16000
 VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]

@@ -29,19 +29,19 @@ from typing import Any, Dict, Mapping
 
 import torch
 
-from espnet_plugin.models import SpeechEncoder
-from espnet_plugin.utils.importers.common import CheckpointFormatError, build_from_hf_style
-from espnet_plugin.utils.importers.fairseq import (
+from espnet_plugin.importers.common import CheckpointFormatError, build_from_hf_style
+from espnet_plugin.importers.fairseq_config import (
     ARCH_DEFAULTS,
     IGNORED_KEYS,
-    REQUIRED_KEYS,
     add_identity_projection,
     as_dict,
     encoder_config,
     fairseq_to_hf_style,
+    is_flat_cfg_checkpoint,
     read_arch,
     state_dict_of,
 )
+from espnet_plugin.models import SpeechEncoder
 
 # WavLMConfig's defaults for the keys that shape the encoder
 WAVLM_DEFAULTS: Dict[str, Any] = {
@@ -51,21 +51,12 @@ WAVLM_DEFAULTS: Dict[str, Any] = {
     "max_distance": 1280,
     "gru_rel_pos": False,
 }
-WAVLM_CFG_KEYS = ("relative_position_embedding", "gru_rel_pos", "num_buckets", "max_distance")
-WAVLM_WEIGHT_NAMES = (".self_attn.relative_attention_bias.", ".self_attn.grep_linear.", ".self_attn.grep_a")
 GATE_WEIGHT = r"^encoder\.layers\.\d+\.attention\.gru_rel_pos_"
 
 
 def is_wavlm_official(ckpt: Any) -> bool:
     """A flat cfg with WavLM (or fairseq architecture) keys beside a ``model`` state dict."""
-    if not isinstance(ckpt, Mapping):
-        return False
-    cfg, state = as_dict(ckpt.get("cfg")), state_dict_of(ckpt.get("model"))
-    if cfg is None or state is None or as_dict(cfg.get("model")) is not None:
-        return False
-    if any(k in cfg for k in WAVLM_CFG_KEYS + REQUIRED_KEYS):
-        return True
-    return any(name in key for key in state for name in WAVLM_WEIGHT_NAMES)
+    return is_flat_cfg_checkpoint(ckpt)
 
 
 def _neutral_gates(state: Dict[str, torch.Tensor], num_layers: int, heads: int, head_dim: int) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from espnet_plugin.models import EncoderConfig, LayerConfig, SpeechEncoder
-from espnet_plugin.utils.importers.common import (
+from espnet_plugin.importers.common import (
     CheckpointFormatError,
     build_from_hf_style,
     conv_layers_from_state,

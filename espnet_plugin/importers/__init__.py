@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 from torch import nn
 
 from espnet_plugin.models import SpeechEncoder
-from espnet_plugin.utils.importers.common import (
+from espnet_plugin.importers.common import (
     CheckpointFormatError,
     formats_help,
     load_checkpoint_file,
@@ -22,7 +22,7 @@ Source = Union[str, Path, nn.Module]
 
 
 def _from_module(module: nn.Module, name: str) -> Tuple[SpeechEncoder, str]:
-    from espnet_plugin.utils.importers import huggingface, torchaudio_models
+    from espnet_plugin.importers import huggingface, torchaudio_models
 
     if isinstance(module, SpeechEncoder):
         return module, "espnet-compress"
@@ -34,7 +34,7 @@ def _from_module(module: nn.Module, name: str) -> Tuple[SpeechEncoder, str]:
 
 
 def _from_checkpoint(obj: Any, path: Path, num_heads: Optional[int]) -> Tuple[SpeechEncoder, str]:
-    from espnet_plugin.utils.importers import espnet_hubert, fairseq, torchaudio_models, wavlm_official
+    from espnet_plugin.importers import espnet_hubert, fairseq, torchaudio_models, wavlm_official
 
     if isinstance(obj, nn.Module):
         return _from_module(obj, str(path))
@@ -54,19 +54,25 @@ def import_model(source: Source, num_heads: Optional[int] = None) -> Tuple[Speec
     """Build a plain (gate-free) SpeechEncoder from any supported source.
 
     ``num_heads`` is needed only for bare state dicts whose width is not a multiple of 64.
+    A compact directory may be given by its ``config.yaml`` or ``model.safetensors``; its
+    recorded provenance is kept.
     """
-    from espnet_plugin.compact import is_model_dir, load_model
-    from espnet_plugin.utils.importers import espnet_hubert, huggingface
+    from espnet_plugin.compact import CONFIG_NAME, WEIGHTS_NAME, is_model_dir, load_model
+    from espnet_plugin.importers import espnet_hubert, huggingface
 
     if isinstance(source, nn.Module):
         model, kind = _from_module(source, type(source).__name__)
         return model, {"source": type(source).__name__, "source_format": kind}
-    path = Path(source)
+    path = Path(source).expanduser()
     if not path.exists():
         raise CheckpointFormatError(f"{path}: no such file or directory")
+    if path.is_file() and path.name in (CONFIG_NAME, WEIGHTS_NAME) and is_model_dir(path.parent):
+        path = path.parent  # DIR/config.yaml or DIR/model.safetensors stands for DIR
+    provenance: Dict[str, Any] = {}
     if path.is_dir():
         if is_model_dir(path):
             model, kind = load_model(path), "espnet-compress"
+            provenance.update(model.provenance)
         elif huggingface.is_hf_dir(path):
             model, kind = huggingface.from_hf_dir(path), "huggingface"
         elif espnet_hubert.is_espnet_exp_dir(path):
@@ -75,7 +81,8 @@ def import_model(source: Source, num_heads: Optional[int] = None) -> Tuple[Speec
             raise CheckpointFormatError(f"{path}: a directory with no recognised model; {formats_help()}")
     else:
         model, kind = _from_checkpoint(load_checkpoint_file(path), path, num_heads)
-    return model, {"source": str(path.resolve()), "source_format": kind}
+    provenance.update(source=str(path.resolve()), source_format=kind)
+    return model, provenance
 
 
 __all__ = ["CheckpointFormatError", "import_model"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from espnet_plugin.models import EncoderConfig, SpeechEncoder
-from espnet_plugin.utils.importers.common import CheckpointFormatError, build_from_hf_style, uniform_layers
+from espnet_plugin.importers.common import CheckpointFormatError, build_from_hf_style, uniform_layers
 
 MODEL_TYPES = {"hubert": "hubert", "wavlm": "wavlm", "wav2vec2": "wav2vec2"}
 IGNORED_KEYS = [r"^masked_spec_embed$", r"^adapter\.", r"^encoder\.pos_conv_embed\.batch_norm\."]

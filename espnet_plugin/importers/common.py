@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from espnet_plugin.models import EncoderConfig, LayerConfig, SpeechEncoder
+from espnet_plugin.models.model import load_weights_strictly
 
 
 class CheckpointFormatError(ValueError):
@@ -49,13 +49,20 @@ def load_checkpoint_file(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        pass
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointFormatError(f"{path}: cannot read the checkpoint, it may be truncated or corrupt ({exc})") from exc
+        pass  # pickled objects beyond tensors (fairseq's args): retry with full unpickling
+    except Exception as exc:  # noqa: BLE001 - torch's unpickler fails in many ways on a non-checkpoint
+        raise _unreadable(path, exc) from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointFormatError(f"{path}: cannot read the checkpoint, it may be truncated or corrupt ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointFormatError:
+    return CheckpointFormatError(
+        f"{path}: not a readable PyTorch checkpoint: truncated, corrupt or another kind of file "
+        f"({type(exc).__name__}: {exc}); {formats_help()}"
+    )
 
 
 def strip_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
@@ -131,12 +138,7 @@ def build_from_hf_style(
     ignore_re = [re.compile(p) for p in ignore]
     ours = {k: v for k, v in ours.items() if not any(p.search(k) for p in ignore_re)}
     model = SpeechEncoder(config)
-    missing, unexpected = model.load_state_dict(ours, strict=False)
-    if missing or unexpected:
-        raise CheckpointFormatError(
-            f"{source}: weights do not match the detected architecture; missing {missing[:6]}, "
-            f"unexpected {unexpected[:6]}"
-        )
+    load_weights_strictly(model, ours, f"{source} (detected architecture)", CheckpointFormatError)
     return model.eval()
 
 

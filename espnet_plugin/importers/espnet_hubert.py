@@ -15,8 +15,8 @@ from typing import Any, Dict, Optional, Tuple
 import yaml
 
 from espnet_plugin.models import SpeechEncoder
-from espnet_plugin.utils.importers.common import CheckpointFormatError, load_checkpoint_file, strip_prefix
-from espnet_plugin.utils.importers.torchaudio_models import from_torchaudio_state_dict
+from espnet_plugin.importers.common import CheckpointFormatError, load_checkpoint_file, strip_prefix
+from espnet_plugin.importers.torchaudio_models import from_torchaudio_state_dict
 
 PREFIX = "encoder.hubert_pretrain_model."
 FAIRSEQ_PREFIX = "encoder.encoders."

@@ -1,0 +1,43 @@
+"""What every task of the plugin adds to ESPnet's ``AbsTask``.
+
+* checkpoints written atomically (:class:`AtomicCheckpointTrainer`);
+* one run per experiment directory (:func:`espnet_plugin.utils.run_lock.exclusive_output_dir`):
+  a second run on the same ``--output_dir`` stops before it writes anything;
+* ``--max_nonfinite_steps``: how many training steps with a NaN or infinite loss a run
+  tolerates (each one skipped by ESPnet and named in a warning) before it stops with a clear
+  error; the model reads it (see :class:`espnet_plugin.utils.nonfinite.NonFiniteGuard`).
+"""
+from __future__ import annotations
+
+import argparse
+
+from espnet_plugin.utils.quiet_import import import_espnet_quietly
+
+import_espnet_quietly()
+from espnet2.tasks.abs_task import AbsTask  # noqa: E402
+
+from espnet_plugin.tasks.atomic_trainer import AtomicCheckpointTrainer  # noqa: E402
+from espnet_plugin.utils.run_lock import exclusive_output_dir, is_main_process  # noqa: E402
+
+DEFAULT_MAX_NONFINITE_STEPS = 20
+
+
+class PluginTask(AbsTask):
+    trainer = AtomicCheckpointTrainer
+
+    @classmethod
+    def get_parser(cls) -> argparse.ArgumentParser:
+        parser = super().get_parser()
+        parser.add_argument(
+            "--max_nonfinite_steps", type=int, default=DEFAULT_MAX_NONFINITE_STEPS,
+            help="stop the run after this many training steps with a NaN or infinite loss (each is skipped)",
+        )
+        return parser
+
+    @classmethod
+    def main_worker(cls, args: argparse.Namespace) -> None:
+        if args.output_dir is None or not is_main_process(args):
+            super().main_worker(args)
+            return
+        with exclusive_output_dir(args.output_dir):
+            super().main_worker(args)
