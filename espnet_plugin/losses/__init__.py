@@ -15,6 +15,7 @@ from espnet_plugin.losses.channel_wise import ChannelWiseLoss
 from espnet_plugin.losses.combined import CombinedDistillLoss
 from espnet_plugin.losses.generative_denoise import GenerativeDenoiseLoss
 from espnet_plugin.losses.layer_to_layer import LayerToLayerLoss
+from espnet_plugin.losses.masked_generative import MaskedGenerativeLoss
 from espnet_plugin.losses.prediction_heads import PredictionHeadsLoss
 from espnet_plugin.losses.similarity_preserving import SimilarityPreservingLoss
 
@@ -24,6 +25,7 @@ LOSSES: Dict[str, Type[DistillLoss]] = {
     "similarity_preserving": SimilarityPreservingLoss,
     "generative_denoise": GenerativeDenoiseLoss,
     "channel_wise": ChannelWiseLoss,
+    "masked_generative": MaskedGenerativeLoss,
 }
 
 SPEC_KEYS = ("name", "weight", "conf")
