@@ -26,6 +26,8 @@ setup(
         "matplotlib",
         "tensorboardX",  # s3prl's downstream runner imports it
         "pandas",  # s3prl's datasets and problem API
+        "onnx",  # ONNX export (espnet_plugin.deploy)
+        "onnxruntime",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "transformers>=5,<6"],

@@ -1,0 +1,1 @@
+"""Deployment of compact models outside PyTorch: ONNX export (``onnx_export``)."""
