@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := ffmpeg espeak-ng sox
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench system-deps venv clean-venv
+.PHONY: demo demo-al test bench system-deps venv clean-venv
 
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
@@ -32,6 +32,12 @@ EXP ?= exp
 RECIPE_ARGS ?=
 demo: venv
 	PYTHON=$(abspath $(PY)) bash egs2/mini_synth/run.sh --exp $(EXP) $(RECIPE_ARGS)
+
+# Active learning (issue 10): egs2/mini_synth_al end to end, into egs2/mini_synth_al/exp
+# (EXP=dir and AL_ARGS="--seeds 0 --rounds 2 ..." pass through).
+AL_ARGS ?=
+demo-al: venv
+	PYTHON=$(abspath $(PY)) bash egs2/mini_synth_al/run.sh --exp $(EXP) $(AL_ARGS)
 
 test: venv
 	$(PY) -m pytest -q tests

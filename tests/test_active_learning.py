@@ -338,3 +338,103 @@ def test_model_without_ctc_is_a_clear_error(experiments, pool, tmp_path):
     with pytest.raises(NoCTCError, match="has no CTC branch.*ctc_weight"):
         main(["--asr_train_config", str(exp / "config.yaml"), "--asr_model_file", str(exp / "model.pth"),
               "--data_dir", str(pool), "--method", "entropy", "--budget_utts", "2", "--output_dir", str(tmp_path / "x")])
+
+
+# ------------------------------------------------------------------ the recipe egs2/mini_synth_al, tiny
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "egs2" / "mini_synth_al"
+
+
+def load_recipe_module(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"mini_synth_al_{name}", RECIPE / "local" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_oracle_and_move_selected(tmp_path):
+    from espnet_plugin.utils.kaldi_data import write_scp
+
+    al_loop = load_recipe_module("al_loop")
+    write_scp(tmp_path / "oracle", {"p1": "one", "p2": "two", "p3": "three"})
+    oracle = al_loop.Oracle(tmp_path / "oracle", tmp_path / "revealed.tsv")
+    assert oracle.reveal(["p2"], 1) == {"p2": "two"}
+    assert (tmp_path / "revealed.tsv").read_text() == "1\tp2\n"
+    prev = tmp_path / "round0"
+    al_loop.write_dir(prev / "labelled", {"wav.scp": {"s1": "a"}, "text": {"s1": "x"}, "utt2spk": {"s1": "k"}, "speech_shape": {"s1": "16000"}})
+    al_loop.write_dir(prev / "pool", {"wav.scp": {p: p for p in ("p1", "p2", "p3")}, "utt2spk": {p: "k" for p in ("p1", "p2", "p3")},
+                                      "speech_shape": {p: "8000" for p in ("p1", "p2", "p3")}})
+    al_loop.move_selected(prev, ["p2"], {"p2": "two"}, tmp_path / "round1")
+    assert sorted(al_loop.read_dir(tmp_path / "round1" / "labelled", ["wav.scp"])["wav.scp"]) == ["p2", "s1"]
+    assert sorted(al_loop.read_dir(tmp_path / "round1" / "pool", ["wav.scp"])["wav.scp"]) == ["p1", "p3"]
+    assert not (tmp_path / "round1" / "pool" / "text").exists()
+    for bad in (["p2", "p2"], ["s1"], ["nope"]):
+        with pytest.raises(RuntimeError):
+            al_loop.move_selected(prev if bad != ["s1"] else tmp_path / "round1", bad, {}, tmp_path / "bad")
+
+
+def test_recipe_rounds_tiny(tmp_path):
+    """Stage 1 (corpus + splits), stage 3 (2 rounds of random and egl, one seed), stage 4 (report), tiny."""
+    import subprocess
+    import sys
+
+    from espnet_plugin.compact import save_model
+    from espnet_plugin.models import SpeechEncoder
+    from espnet_plugin.utils.kaldi_data import read_scp
+    from tests.conftest import randomize_, tiny_config
+
+    torch.manual_seed(0)
+    compact = save_model(randomize_(SpeechEncoder(tiny_config(num_layers=2)), std=0.1), tmp_path / "compact")
+    exp, data = tmp_path / "exp", tmp_path / "exp" / "data"
+    result = subprocess.run(
+        [sys.executable, str(RECIPE / "local" / "prepare_data.py"), "--corpus", str(exp / "corpus"), "--out", str(data),
+         "--num_speakers", "8", "--utts_per_speaker", "5", "--seed_utts", "4", "--pool_utts", "10",
+         "--dev_utts", "2", "--test_utts", "3"],
+        capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (data / "pool" / "text").exists()
+    pool_utts = {u for u, _ in read_scp(data / "pool" / "wav.scp")}
+    seed_utts = {u for u, _ in read_scp(data / "seed" / "wav.scp")}
+    assert len(pool_utts) == 10 and len(seed_utts) == 4 and not pool_utts & seed_utts
+
+    al_loop = load_recipe_module("al_loop")
+    budget = 4.0
+    rows = al_loop.main([
+        "--exp", str(exp), "--data", str(data), "--conf", str(RECIPE / "conf" / "train_asr_compact.yaml"),
+        "--compact_model", str(compact), "--methods", "random", "egl", "--seeds", "0", "--rounds", "2",
+        "--budget_seconds", str(budget), "--nbest", "2", "--nj", "1",
+        "--train_args", "--max_epoch 1 --num_iters_per_epoch 1 --batch_size 2",
+    ])
+    assert len(rows) == 2 * 3
+    for method in ("random", "egl"):
+        chain = exp / "al" / method / "seed0"
+        revealed = [line.split("\t") for line in (chain / "revealed.tsv").read_text().splitlines()]
+        selected_by_round = {r: json.loads((chain / f"round{r}" / "select" / "selection.json").read_text())["selected"] for r in (1, 2)}
+        all_selected = selected_by_round[1] + selected_by_round[2]
+        assert len(all_selected) == len(set(all_selected)), "an utterance was selected twice"
+        assert set(all_selected) <= pool_utts
+        # the oracle was read for exactly the selected utterances, in the round they were selected
+        assert sorted(revealed) == sorted([str(r), u] for r, us in selected_by_round.items() for u in us)
+        prev_pool = pool_utts
+        prev_seconds = sum(int(v) for _, v in read_scp(data / "seed" / "speech_shape")) / 16000
+        for r in (1, 2):
+            rdir = chain / f"round{r}"
+            assert not (rdir / "pool" / "text").exists() and not (rdir / "select" / "data" / "text").exists()
+            pool_now = {u for u, _ in read_scp(rdir / "pool" / "wav.scp")}
+            labelled = {u for u, _ in read_scp(rdir / "labelled" / "wav.scp")}
+            assert pool_now == prev_pool - set(selected_by_round[r]) and labelled == seed_utts | (pool_utts - pool_now)
+            assert {u for u, _ in read_scp(rdir / "labelled" / "text")} == labelled
+            result_row = json.loads((rdir / "result.json").read_text())
+            assert 0 < result_row["labelled_seconds"] - prev_seconds <= budget + 1e-6
+            prev_pool, prev_seconds = pool_now, result_row["labelled_seconds"]
+
+    report = load_recipe_module("report")
+    text = report.report(exp)
+    results = json.loads((exp / "results.json").read_text())
+    assert {tuple(sorted(r)) for r in results} == {tuple(sorted(report.ROW_KEYS))}
+    assert sorted((r["method"], r["round"]) for r in results) == sorted((m, r) for m in ("random", "egl") for r in (0, 1, 2))
+    assert "WER relative to random at equal labels" in text and "random's final WER" in text
+    assert (exp / "figures" / "learning_curves.png").is_file() and (exp / "RESULTS.md").is_file()

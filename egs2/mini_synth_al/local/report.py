@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""The active-learning report: ``EXP/results.json``, ``EXP/RESULTS.md``, ``EXP/figures/learning_curves.png``.
+
+``results.json``: one row per (method, seed, round): ``{method, seed, round, labelled_seconds,
+num_utts, wer, cer}`` (WER / CER in %, test set, greedy CTC). Round 0 (the seed set) is the same
+model for every method of a seed and is repeated under each method.
+
+``RESULTS.md`` states, for this data, the paper's two headline figures (Huang et al., 2016):
+
+1. each method's WER relative to random at equal labels: ``(WER_m - WER_random) / WER_random``
+   of the means over seeds, per round (every method adds the same budget of seconds per round,
+   so a round is an equal amount of labelled audio);
+2. the labelled minutes each method needs to reach random's final WER (mean over seeds), by
+   linear interpolation along its mean learning curve, and that amount relative to random's.
+
+Plus scoring throughput (pool utterances per second of scoring, per method, from the rounds'
+``selection.json``), the mean duration of what each method selected, and the rank correlation
+between the egl and confidence scores of the same pool under the same model (round 1 of a seed),
+which the paper found to be low.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from espnet_plugin.utils.machine import cpu_name
+
+ROW_KEYS = ("method", "seed", "round", "labelled_seconds", "num_utts", "wer", "cer")
+ORDER = ["random", "confidence", "entropy", "egl", "badge"]
+
+
+def mean_sd(values: List[float]) -> Tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def curves(rows: List[Dict]) -> Dict[str, List[Dict]]:
+    """Per method: per round, mean / sd / min / max over seeds of WER, CER and labelled minutes."""
+    out: Dict[str, List[Dict]] = {}
+    for method in sorted({r["method"] for r in rows}, key=lambda m: (ORDER.index(m) if m in ORDER else 99, m)):
+        points = []
+        for rnd in sorted({r["round"] for r in rows if r["method"] == method}):
+            sel = [r for r in rows if r["method"] == method and r["round"] == rnd]
+            point = {"round": rnd, "seeds": len(sel), "minutes": statistics.fmean(r["labelled_seconds"] for r in sel) / 60}
+            for key in ("wer", "cer"):
+                values = [r[key] for r in sel]
+                point[key], point[key + "_sd"] = mean_sd(values)
+                point[key + "_min"], point[key + "_max"] = min(values), max(values)
+            points.append(point)
+        out[method] = points
+    return out
+
+
+def minutes_to_reach(points: List[Dict], target: float, key: str = "wer") -> Optional[float]:
+    """Labelled minutes at which the mean curve first reaches ``target`` (linear interpolation)."""
+    for a, b in zip(points, points[1:]):
+        if a[key] <= target:
+            return a["minutes"]
+        if b[key] <= target:
+            frac = (a[key] - target) / (a[key] - b[key])
+            return a["minutes"] + frac * (b["minutes"] - a["minutes"])
+    return points[0]["minutes"] if points and points[0][key] <= target else None
+
+
+def spearman(x: List[float], y: List[float]) -> float:
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        for rank, i in enumerate(order):
+            r[i] = float(rank)
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    den = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return num / den if den else float("nan")
+
+
+def read_scores(path: Path) -> Dict[str, float]:
+    lines = path.read_text().splitlines()[1:]
+    out = {}
+    for line in lines:
+        cols = line.split("\t")
+        if cols[2] != "nan":
+            out[cols[0]] = float(cols[2])
+    return out
+
+
+def selection_stats(exp: Path) -> Tuple[Dict[str, Dict], List[Tuple[int, float]]]:
+    """Per method: scoring throughput and the mean duration selected; egl-vs-confidence correlations."""
+    stats: Dict[str, Dict] = {}
+    for summary_path in sorted((exp / "al").glob("*/seed*/round*/select/selection.json")):
+        method = summary_path.parts[-5]
+        summary = json.loads(summary_path.read_text())
+        s = stats.setdefault(method, {"utts": 0, "seconds": 0.0, "selected_utts": 0, "selected_seconds": 0.0})
+        s["utts"] += summary["scoring"]["utterances"]
+        s["seconds"] += summary["scoring"]["seconds"]
+        s["selected_utts"] += summary["selected_utts"]
+        s["selected_seconds"] += summary["selected_seconds"]
+    correlations = []
+    for egl_scores in sorted((exp / "al" / "egl").glob("seed*/round1/select/scores.tsv")):
+        seed = egl_scores.parts[-4]
+        conf_scores = exp / "al" / "confidence" / seed / "round1" / "select" / "scores.tsv"
+        if conf_scores.is_file():
+            a, b = read_scores(egl_scores), read_scores(conf_scores)
+            common = sorted(set(a) & set(b))
+            if len(common) > 2:
+                correlations.append((int(seed[4:]), spearman([a[u] for u in common], [b[u] for u in common])))
+    return stats, correlations
+
+
+def plot(curve: Dict[str, List[Dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "wer", "WER (%)"), (axes[1], "cer", "CER (%)")):
+        for method, points in curve.items():
+            x = [p["minutes"] for p in points]
+            y = [p[key] for p in points]
+            line = ax.plot(x, y, marker="o", label=method)[0]
+            ax.fill_between(x, [p[key] - p[key + "_sd"] for p in points], [p[key] + p[key + "_sd"] for p in points],
+                            color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("labelled audio (minutes)")
+        ax.set_ylabel(label + ", test")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("Active learning on mini_synth: mean over seeds, band = +-1 sd")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def git_hash() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def fmt(x: Optional[float], digits: int = 1) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def load_rows(exp: Path) -> List[Dict]:
+    """``al/rows.json``, or, for a run still going (or stopped), every finished round's ``result.json``."""
+    if (exp / "al" / "rows.json").is_file():
+        return json.loads((exp / "al" / "rows.json").read_text())
+    rows = []
+    chains = sorted(p.parent for p in (exp / "al").glob("*/seed*/revealed.tsv"))
+    methods = sorted({c.parts[-2] for c in chains})
+    for zero in sorted((exp / "al").glob("seed*/round0/result.json")):
+        row = json.loads(zero.read_text())
+        rows.extend({**row, "method": m} for m in methods if (exp / "al" / m / zero.parts[-3]).is_dir())
+    rows.extend(json.loads(p.read_text()) for p in sorted((exp / "al").glob("*/seed*/round*/result.json")))
+    return rows
+
+
+def report(exp: Path) -> str:
+    raw = load_rows(exp)
+    rows = [{k: r[k] for k in ROW_KEYS} for r in raw]
+    (exp / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    curve = curves(rows)
+    plot(curve, exp / "figures" / "learning_curves.png")
+    stats, correlations = selection_stats(exp)
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [
+        "# mini_synth_al: active learning for ESPnet ASR",
+        "",
+        f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}; git {git_hash()}; Python {platform.python_version()}; CPU: {cpu_name()}",
+        f"- seeds: {' '.join(map(str, seeds))}; methods: {', '.join(curve)}; test: greedy CTC decoding, WER / CER in %",
+        "- learning curves: `figures/learning_curves.png`; every row: `results.json`",
+        "",
+        "## WER (%) by round: mean +- sd over seeds (labelled minutes)",
+        "",
+    ]
+    rounds = sorted({r["round"] for r in rows})
+    lines.append("| method | " + " | ".join(f"round {r}" for r in rounds) + " |")
+    lines.append("|---|" + "---:|" * len(rounds))
+    for method, points in curve.items():
+        by_round = {p["round"]: p for p in points}
+        cells = [f"{by_round[r]['wer']:.1f} +- {by_round[r]['wer_sd']:.1f} ({by_round[r]['minutes']:.1f})" if r in by_round else "" for r in rounds]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "## CER (%) by round: mean +- sd over seeds", ""]
+    lines.append("| method | " + " | ".join(f"round {r}" for r in rounds) + " |")
+    lines.append("|---|" + "---:|" * len(rounds))
+    for method, points in curve.items():
+        by_round = {p["round"]: p for p in points}
+        lines.append(f"| {method} | " + " | ".join(f"{by_round[r]['cer']:.1f} +- {by_round[r]['cer_sd']:.1f}" if r in by_round else "" for r in rounds) + " |")
+    if "random" in curve:
+        rand = {p["round"]: p for p in curve["random"]}
+        final = curve["random"][-1]
+        lines += [
+            "",
+            "## The paper's two headline figures, on this data",
+            "",
+            "1. WER relative to random at equal labels (same round = same labelled seconds budget): "
+            "`(WER_method - WER_random) / WER_random` of the means over seeds. Negative = fewer word errors than random.",
+            "",
+            "| method | " + " | ".join(f"round {r}" for r in rounds if r > 0) + " | mean over rounds |",
+            "|---|" + "---:|" * (len([r for r in rounds if r > 0]) + 1),
+        ]
+        for method, points in curve.items():
+            if method == "random":
+                continue
+            rel = [(p["wer"] - rand[p["round"]]["wer"]) / rand[p["round"]]["wer"] * 100 for p in points if p["round"] > 0 and p["round"] in rand]
+            lines.append(f"| {method} | " + " | ".join(f"{x:+.1f} %" for x in rel) + f" | {statistics.fmean(rel):+.1f} % |" if rel else f"| {method} | |")
+        lines += [
+            "",
+            f"2. Labelled audio needed to reach random's final WER ({final['wer']:.1f} % after {final['minutes']:.1f} min), "
+            "by linear interpolation along each mean curve:",
+            "",
+            "| method | minutes | relative to random |",
+            "|---|---:|---:|",
+        ]
+        for method, points in curve.items():
+            m = minutes_to_reach(points, final["wer"])
+            rel = f"{(m / final['minutes'] - 1) * 100:+.0f} %" if m is not None else f"not reached within {points[-1]['minutes']:.1f} min"
+            lines.append(f"| {method} | {fmt(m)} | {rel} |")
+    if stats:
+        lines += ["", "## Scoring and selection", "",
+                  "| method | pool utterances scored | scoring utt/s (1 thread) | mean selected duration (s) |", "|---|---:|---:|---:|"]
+        for method in curve:
+            s = stats.get(method)
+            if s:
+                rate = s["utts"] / s["seconds"] if s["seconds"] else None
+                mean_dur = s["selected_seconds"] / s["selected_utts"] if s["selected_utts"] else None
+                lines.append(f"| {method} | {s['utts']} | {fmt(rate, 2)} | {fmt(mean_dur, 2)} |")
+    if correlations:
+        lines += ["", "Spearman rank correlation of the egl and confidence scores of the same pool under the same model "
+                  "(round 1): " + ", ".join(f"seed {s}: {c:+.2f}" for s, c in correlations) + "."]
+    text = "\n".join(lines) + "\n"
+    (exp / "RESULTS.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exp", type=Path, required=True)
+    args = parser.parse_args()
+    print(report(args.exp))
+
+
+if __name__ == "__main__":
+    main()
