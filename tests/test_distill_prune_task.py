@@ -106,6 +106,23 @@ def test_export_prunes_to_the_requested_size(stage1, workdir, tmp_path):
     assert not any(k.startswith(("teacher", "_teacher")) for k in state)
 
 
+def test_export_refuses_a_config_edited_to_disagree_with_the_checkpoint(stage1, tmp_path):
+    """ESPnet's loader would put the gated checkpoint into an ungated model without a word and
+    export the unpruned student; the export checks every weight instead."""
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    config = yaml.safe_load((stage1 / "config.yaml").read_text())
+    config["gates_conf"] = {}
+    config["model_conf"]["target_sparsity"] = None
+    (edited / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "espnet_plugin.bin.export_model", "--config", str(edited / "config.yaml"),
+                             "--checkpoint", str(stage1 / "latest.pth"), "--output_dir", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"{stage1 / 'latest.pth'} (the model that {edited / 'config.yaml'} describes" in result.stderr
+    assert "log_alpha" in result.stderr and not (tmp_path / "out" / "model.safetensors").exists()
+
+
 @pytest.fixture(scope="module")
 def stage1_export(stage1, workdir):
     out = workdir / "exp" / "stage1_pruned"
@@ -151,7 +168,14 @@ def test_mac_budget_prunes_macs_harder_than_params(workdir, stage1_export, tmp_p
     by_macs = yaml.safe_load((out / "summary.yaml").read_text())
     by_params = yaml.safe_load((stage1_export / "summary.yaml").read_text())
     assert by_macs["target"] == {"metric": "macs", "sparsity": 0.5}
-    # the param budget leaves most MACs (the CNN dominates them); the MAC budget removes far more
+    # MACs are counted for the training data's mean utterance length, recorded in the config and summary
+    samples = [int(line.split()[1]) for line in (workdir / "data" / "speech_shape").read_text().splitlines()]
+    mean_seconds = round(sum(samples) / len(samples) / 16000, 3)
+    assert yaml.safe_load((exp / "config.yaml").read_text())["model_conf"]["cost_seconds"] == mean_seconds
+    assert by_macs["cost_seconds"] == mean_seconds != 1.0
+    student = espnet_plugin.load_model(out)
+    assert by_macs["macs_per_second"] == round(student.expected_macs(seconds=mean_seconds).item() / mean_seconds)
+    # the param budget leaves most MACs (the CNN's share is larger than its share of params); the MAC budget removes far more
     # MACs at a similar parameter count
     assert by_params["macs_sparsity"] < by_params["params_sparsity"] - 0.1
     assert by_macs["macs_sparsity"] > by_params["macs_sparsity"] + 0.1
@@ -266,3 +290,74 @@ def test_nan_audio_stops_training_with_the_utterance_named(workdir, tmp_path):
     assert result.returncode != 0
     assert "NonFiniteLossError: 1 training steps had a NaN or infinite loss" in result.stderr
     assert "batch: bad_utt" in result.stderr
+
+
+def test_cropped_batch_gives_the_unpadded_teacher_targets():
+    """Group-norm CNN: padding changes an utterance's features; the cropped batch has none."""
+    from espnet_plugin.distill.model import crop_batch_to_shortest
+
+    torch.manual_seed(0)
+    teacher = randomize_(SpeechEncoder(tiny_config(num_layers=2)), std=0.1).eval()
+    lengths = torch.tensor([16000, 9000, 12000])
+    speech = torch.randn(3, 16000) * 0.1 * (torch.arange(16000)[None] < lengths[:, None])
+    with torch.no_grad():
+        padded, _ = teacher(speech, lengths)
+        alone, _ = teacher(speech[1:2, :9000], lengths[1:2])
+    assert (padded[1][0, : alone[1].shape[1]] - alone[1][0]).abs().max() > 1e-2  # padding does change it
+    cropped, cropped_lengths = crop_batch_to_shortest(speech, lengths)
+    assert cropped.shape == (3, 9000) and cropped_lengths.tolist() == [9000] * 3
+    with torch.no_grad():
+        batch, _ = teacher(cropped, cropped_lengths)
+        for i in range(3):
+            single, _ = teacher(cropped[i:i + 1], cropped_lengths[i:i + 1])
+            for layer in range(len(batch)):
+                assert torch.allclose(batch[layer][i], single[layer][0], atol=1e-5), (i, layer)
+    assert torch.equal(crop_batch_to_shortest(speech, lengths, random_offset=False)[0], speech[:, :9000])
+    for i in range(3):  # each crop is a contiguous piece of its own utterance
+        offset = (speech[i].unfold(0, 9000, 1) == cropped[i]).all(1).nonzero()
+        assert len(offset) >= 1 and int(offset[0]) + 9000 <= int(lengths[i])
+
+
+def test_linear_warmup_decay_schedule_scales_every_group():
+    from espnet_plugin.schedulers import LinearWarmupDecayLR
+
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+    optimizer = torch.optim.AdamW([{"params": [params[0]], "lr": 2e-4}, {"params": [params[1]], "lr": 0.02},
+                                   {"params": [params[2]], "lr": 0.02, "maximize": True}])
+    scheduler = LinearWarmupDecayLR(optimizer, warmup_steps=15, total_steps=50)
+    used = []  # the learning rates of updates 1, 2, ... (ESPnet steps the scheduler after each update)
+    for _ in range(60):
+        used.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert used[0] == pytest.approx([2e-4 / 15, 0.02 / 15, 0.02 / 15])
+    assert used[6] == pytest.approx([2e-4 * 7 / 15, 0.02 * 7 / 15, 0.02 * 7 / 15])
+    assert used[14] == pytest.approx([2e-4, 0.02, 0.02])  # the peak at update 15
+    assert used[31] == pytest.approx([2e-4 * 18 / 35, 0.02 * 18 / 35, 0.02 * 18 / 35])  # update 32
+    assert used[49] == [0.0, 0.0, 0.0] and used[59] == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="warmup_steps < total_steps"):
+        LinearWarmupDecayLR(optimizer, warmup_steps=50, total_steps=50)
+
+
+def test_an_optimizer_that_ignores_maximize_is_rejected(monkeypatch):
+    """An optimizer without ``maximize`` (some of ESPnet's choices, e.g. torch_optimizer's)
+    would train the Lagrange multipliers by descent: the task refuses it by name."""
+    import argparse
+
+    from espnet_plugin.distill.model import DistillPruneModel
+    from espnet_plugin.models import ConfigError, GateConfig, with_gates
+    from espnet_plugin.tasks import distill_prune
+
+    class NoMaximizeSGD(torch.optim.Optimizer):  # accepts groups, knows nothing of maximize
+        def __init__(self, params, lr):
+            super().__init__(params, {"lr": lr})
+
+    monkeypatch.setitem(distill_prune.optim_classes, "nomaximizesgd", NoMaximizeSGD)
+    teacher = SpeechEncoder(tiny_config(num_layers=1))
+    model = DistillPruneModel(with_gates(teacher, GateConfig.all_on()), teacher, target_sparsity=0.5)
+    args = argparse.Namespace(optim="nomaximizesgd", optim_conf={"lr": 0.1}, gate_lr=0.02, lambda_lr=0.02)
+    with pytest.raises(ConfigError, match="optim nomaximizesgd: NoMaximizeSGD does not support maximize=True.*adamw"):
+        distill_prune.DistillPruneTask.build_optimizers(args, model)
+    args.optim = "adamw"
+    (optimizer,) = distill_prune.DistillPruneTask.build_optimizers(args, model)
+    assert [group.get("maximize") for group in optimizer.param_groups] == [False, False, True]

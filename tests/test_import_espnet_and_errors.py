@@ -149,6 +149,18 @@ def test_compact_model_of_a_newer_format_version_says_upgrade(tmp_path):
         espnet_plugin.load_model(out)
 
 
+def test_compact_config_edited_to_disagree_with_the_weights_is_named(tmp_path):
+    out = save_model(SpeechEncoder(tiny_config()), tmp_path / "m")
+    config = out / "config.yaml"
+    document = yaml.safe_load(config.read_text())
+    document["architecture"]["layers"][0]["ffn_dim"] += 8
+    config.write_text(yaml.safe_dump(document))
+    with pytest.raises(ModelFormatError, match=r"model.safetensors \(architecture of .*config.yaml\): weights do not "
+                       r"match the architecture; other shapes: \['layers.0.ffn.intermediate.weight \(48, 32\) "
+                       r"\(expected \(56, 32\)\)"):
+        espnet_plugin.load_model(out)
+
+
 def test_truncated_compact_weights_are_named(tmp_path):
     save_model(SpeechEncoder(tiny_config()), tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"

@@ -17,6 +17,7 @@ import yaml
 
 from espnet_plugin.compact import save_model
 from espnet_plugin.distill.report import plot_architecture, plot_training, training_history
+from espnet_plugin.models.model import load_weights_strictly
 from espnet_plugin.models.summary import architecture_summary
 from espnet_plugin.pruning import prune_model
 
@@ -24,13 +25,21 @@ from espnet_plugin.pruning import prune_model
 def export(config: Path, checkpoint: Path, output_dir: Path) -> Dict[str, Any]:
     from espnet_plugin.tasks.distill_prune import DistillPruneTask
 
-    model, args = DistillPruneTask.build_model_from_file(config, checkpoint, device="cpu")
+    args = _training_args(config)
+    model = DistillPruneTask.build_model(args)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    # ESPnet's own loader is lenient (a gated checkpoint would load into an ungated model):
+    # every weight must be there, with its shape, and nothing else
+    load_weights_strictly(
+        model, state, f"{checkpoint} (the model that {config} describes; was the config edited, or is the "
+        "checkpoint from another experiment?)", ValueError,
+    )
     model.eval()
     student = model.student
     dense = prune_model(student) if student.config.gates.any else student
     teacher = model.teacher
-    summary = architecture_summary(dense)
-    teacher_summary = architecture_summary(teacher)
+    summary = architecture_summary(dense, model.cost_seconds)
+    teacher_summary = architecture_summary(teacher, model.cost_seconds)
     summary.update(
         teacher_params=teacher_summary["params"],
         teacher_macs_per_second=teacher_summary["macs_per_second"],
@@ -62,3 +71,11 @@ def export(config: Path, checkpoint: Path, output_dir: Path) -> Dict[str, Any]:
         if history:
             plot_training(history, output_dir / "training.png")
     return summary
+
+
+def _training_args(config: Path):
+    """The experiment's arguments, as ESPnet's ``build_model_from_file`` reads them."""
+    import argparse
+
+    with open(config, encoding="utf-8") as f:
+        return argparse.Namespace(**yaml.safe_load(f))

@@ -33,6 +33,8 @@ class DistillPruneModel(AbsESPnetModel):
         target_sparsity: Optional[float] = None,
         sparsity_metric: str = "params",
         sparsity_warmup_steps: int = 0,
+        crop_to_shortest: bool = False,
+        cost_seconds: Optional[float] = None,
     ) -> None:
         super().__init__()
         if sparsity_metric not in SPARSITY_METRICS:
@@ -47,9 +49,15 @@ class DistillPruneModel(AbsESPnetModel):
             if not student.config.gates.any:
                 raise ValueError("target_sparsity needs gates: switch some on in the student's gates config")
             self.lagrangian = SparsityLagrangian(target_sparsity, sparsity_warmup_steps)
-        reference = teacher.num_params() if sparsity_metric == "params" else teacher.expected_macs().item()
+        if cost_seconds is not None and cost_seconds <= 0:
+            raise ValueError(f"cost_seconds must be positive, got {cost_seconds}")
+        # the utterance length the MAC count assumes (attention grows with its square)
+        self.cost_seconds = float(cost_seconds or 1.0)
+        reference = (teacher.num_params() if sparsity_metric == "params"
+                     else teacher.expected_macs(seconds=self.cost_seconds).item())
         # a Python float (float64), not a buffer: ESPnet's cast to train_dtype would round it
         self.reference_cost = float(reference)
+        self.crop_to_shortest = crop_to_shortest
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         self.nonfinite_guard = NonFiniteGuard()
 
@@ -61,12 +69,14 @@ class DistillPruneModel(AbsESPnetModel):
         if self.sparsity_metric == "params":
             cost = self.student.expected_params(deterministic)
         else:
-            cost = self.student.expected_macs(deterministic)
+            cost = self.student.expected_macs(deterministic, seconds=self.cost_seconds)
         return 1.0 - cost / self.reference_cost
 
     def forward(
         self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        if self.crop_to_shortest:
+            speech, speech_lengths = crop_batch_to_shortest(speech, speech_lengths, random_offset=self.training)
         teacher = self.teacher
         if next(teacher.parameters()).device != speech.device:
             teacher.to(speech.device)
@@ -114,3 +124,21 @@ class DistillPruneModel(AbsESPnetModel):
         if self.lagrangian is not None:
             groups.append(self.lagrangian.optimizer_group(lambda_lr))
         return groups
+
+
+def crop_batch_to_shortest(
+    speech: torch.Tensor, lengths: torch.Tensor, random_offset: bool = True
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every utterance cut to the batch's shortest length, at a random offset (or the start).
+
+    The group-norm CNN of Base models normalises each channel over the whole padded waveform,
+    so padding changes an utterance's features (teacher targets included). A batch with no
+    padding has none of that; DPHuBERT's recipe crops the same way.
+    """
+    shortest = int(lengths.min())
+    if random_offset:
+        offsets = (torch.rand(lengths.shape, device=speech.device) * (lengths - shortest + 1)).long()
+    else:
+        offsets = torch.zeros_like(lengths)
+    index = offsets[:, None] + torch.arange(shortest, device=speech.device)
+    return speech.gather(1, index), torch.full_like(lengths, shortest)

@@ -171,8 +171,14 @@ def load_weights_strictly(
     error: Type[Exception] = ValueError,
     may_lack: Tuple[str, ...] = (),
 ) -> None:
-    """``load_state_dict`` that raises ``error`` naming ``where`` when a weight is missing or
-    unexpected (weights whose names end with one of ``may_lack`` may be missing)."""
+    """``load_state_dict`` that raises ``error`` naming ``where`` when a weight is missing,
+    unexpected or of another shape (weights whose names end with one of ``may_lack`` may be
+    missing)."""
+    own = model.state_dict()
+    mismatched = [f"{key} {tuple(value.shape)} (expected {tuple(own[key].shape)})"
+                  for key, value in state.items() if key in own and tuple(value.shape) != tuple(own[key].shape)]
+    if mismatched:
+        raise error(f"{where}: weights do not match the architecture; other shapes: {mismatched[:6]}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [key for key in missing if not key.endswith(may_lack)] if may_lack else missing
     if missing or unexpected:

@@ -5,7 +5,9 @@
   a second run on the same ``--output_dir`` stops before it writes anything;
 * ``--max_nonfinite_steps``: how many training steps with a NaN or infinite loss a run
   tolerates (each one skipped by ESPnet and named in a warning) before it stops with a clear
-  error; the model reads it (see :class:`espnet_plugin.utils.nonfinite.NonFiniteGuard`).
+  error; the model reads it (see :class:`espnet_plugin.utils.nonfinite.NonFiniteGuard`);
+* the scheduler ``linearwarmupdecaylr`` (:mod:`espnet_plugin.schedulers`) among ESPnet's
+  ``--scheduler`` choices.
 """
 from __future__ import annotations
 
@@ -14,12 +16,17 @@ import argparse
 from espnet_plugin.utils.quiet_import import import_espnet_quietly
 
 import_espnet_quietly()
-from espnet2.tasks.abs_task import AbsTask  # noqa: E402
+from espnet2.tasks.abs_task import AbsTask, scheduler_classes  # noqa: E402
 
+from espnet_plugin.schedulers import LinearWarmupDecayLR  # noqa: E402
 from espnet_plugin.tasks.atomic_trainer import AtomicCheckpointTrainer  # noqa: E402
 from espnet_plugin.utils.run_lock import exclusive_output_dir, is_main_process  # noqa: E402
 
 DEFAULT_MAX_NONFINITE_STEPS = 20
+
+# ESPnet's scheduler table is a module-level dict (keys lower-case): adding to it makes the
+# name a valid --scheduler value for every task.
+scheduler_classes.setdefault("linearwarmupdecaylr", LinearWarmupDecayLR)
 
 
 class PluginTask(AbsTask):

@@ -29,7 +29,8 @@ from espnet_plugin.distill.student import build_student  # noqa: E402
 from espnet_plugin.importers import import_model  # noqa: E402
 from espnet_plugin.models import ConfigError, GateConfig  # noqa: E402
 from espnet_plugin.tasks.abs_task import DEFAULT_MAX_NONFINITE_STEPS, PluginTask  # noqa: E402
-from espnet_plugin.utils.audio import check_scp_audio  # noqa: E402
+from espnet_plugin.utils.audio import SAMPLE_RATE, check_scp_audio  # noqa: E402
+from espnet_plugin.utils.kaldi_data import read_scp  # noqa: E402
 
 model_choices = ClassChoices(
     "model",
@@ -111,6 +112,9 @@ class DistillPruneTask(PluginTask):
         logging.info("teacher %s (%s): %.2f M params", args.teacher_path, provenance["source_format"], teacher.num_params() / 1e6)
         student = build_student(teacher, gates, args.student_path, args.student_conf)
         model_class = model_choices.get_class(args.model)
+        if args.model_conf.get("cost_seconds") is None and getattr(args, "train_shape_file", None):
+            args.model_conf["cost_seconds"] = mean_duration(args.train_shape_file[0])  # recorded in config.yaml
+            logging.info("MACs counted for %.2f s utterances (the training data's mean)", args.model_conf["cost_seconds"])
         try:
             model = model_class(student=student, teacher=teacher, **args.model_conf)
         except TypeError as exc:
@@ -127,4 +131,20 @@ class DistillPruneTask(PluginTask):
         conf = dict(args.optim_conf)
         lr = conf.pop("lr", 1e-3)
         groups = model.parameter_groups(lr, args.gate_lr, args.lambda_lr)
-        return [optim_class(groups, lr=lr, **conf)]
+        optimizer = optim_class(groups, lr=lr, **conf)
+        if any(group.get("maximize") for group in groups) and "maximize" not in optimizer.defaults:
+            # such an optimizer ignores the flag: it would train the multipliers by descent
+            ascending = sorted(name for name, cls_ in optim_classes.items() if cls_.__module__.startswith("torch.optim"))
+            raise ConfigError(
+                f"optim {args.optim}: {optim_class.__name__} does not support maximize=True, which the Lagrange "
+                f"multipliers need (gradient ascent); choose one of torch's optimizers: {', '.join(ascending)}"
+            )
+        return [optimizer]
+
+
+def mean_duration(shape_file: str) -> float:
+    """Mean utterance duration in seconds of an ESPnet shape file (``utt_id num_samples``)."""
+    samples = [int(value.split(",")[0]) for _, value in read_scp(shape_file)]
+    if not samples:
+        raise ValueError(f"{shape_file}: no utterances")
+    return round(sum(samples) / len(samples) / SAMPLE_RATE, 3)

@@ -72,8 +72,8 @@ def espeak_phonemes(text: str, voice: str = "en-us") -> List[str]:
 def check_scp_audio(scp: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> int:
     """Check every entry of a Kaldi-style wav.scp from its header; returns the entry count.
 
-    Raises AudioError naming the scp line and the file: missing, unreadable, empty, or at
-    another sample rate. Headers only, so this is cheap even for large corpora.
+    Raises AudioError naming the scp line and the file: missing, unreadable, empty, at
+    another sample rate, or not mono. Headers only, so this is cheap even for large corpora.
     """
     import soundfile
 
@@ -94,5 +94,7 @@ def check_scp_audio(scp: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> in
             raise AudioError(f"{where}: {path}: the audio file is empty (0 samples)")
         if info.samplerate != sample_rate:
             raise AudioError(f"{where}: {path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz")
+        if info.channels != 1:
+            raise AudioError(f"{where}: {path}: {info.channels} channels, expected mono (mix it down first)")
         count += 1
     return count

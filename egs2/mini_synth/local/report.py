@@ -4,7 +4,8 @@
 Per model (teacher, compressed, baseline, and the fbank control):
 
 - params and MACs per second of audio: ``model.num_params()`` and ``model.expected_macs()`` of
-  the compact model (``espnet_plugin.load_model``); fbank (s3prl's ``fbank_no_cmvn``): 0 params,
+  the compact model, counted for utterances of the length the pruning budget used (the
+  export's ``cost_seconds``, the training data's mean duration) and divided by it (``espnet_plugin.load_model``); fbank (s3prl's ``fbank_no_cmvn``): 0 params,
   MACs n/a (null);
 - CPU real-time factor: seconds to compute the hidden states of ``--rtf_seconds`` of audio
   (batch 1, ``extract_hidden_states`` under ``torch.inference_mode``; fbank: s3prl's upstream
@@ -58,7 +59,7 @@ def median_seconds(fn: Callable[[], Any], runs: int) -> float:
     return statistics.median(times)
 
 
-def measure_compact(model_dir: Path, seconds: float, runs: int) -> Dict[str, Any]:
+def measure_compact(model_dir: Path, seconds: float, runs: int, cost_seconds: float = 1.0) -> Dict[str, Any]:
     import torch
 
     from espnet_plugin import load_model
@@ -72,7 +73,7 @@ def measure_compact(model_dir: Path, seconds: float, runs: int) -> Dict[str, Any
 
     return {
         "params": int(model.num_params()),
-        "macs_per_second": int(round(float(model.expected_macs()))),
+        "macs_per_second": int(round(float(model.expected_macs(seconds=cost_seconds)) / cost_seconds)),
         "rtf": median_seconds(forward, runs) / seconds,
     }
 
@@ -194,7 +195,8 @@ def markdown(
         f"- CPU: `{env['cpu']}`, {env['cpu_count']} logical cores",
         "",
         f"## {exp}: models side by side",
-        "Params: `num_params()` of the compact model; MACs per second of audio: `expected_macs()`; "
+        "Params: `num_params()` of the compact model; MACs per second of audio: `expected_macs()` for "
+        "utterances of the budget's `cost_seconds` (see the export's summary.yaml), divided by it; "
         f"RTF: {rtf_info}. KS: accuracy on the Speech Commands-style test split (12 classes); ASR: "
         "WER / CER (the runner's character-level UER) on test-clean, greedy CTC, no LM; IC: accuracy "
         "(action, object and location all right) on the Fluent Commands-style test split; PR: phone error "
@@ -362,6 +364,8 @@ def main() -> None:
         f"seconds of compute per second of audio, {args.rtf_seconds:g} s of audio, batch 1, median of "
         f"{args.rtf_runs} runs after a warm-up, 1 CPU thread (torch.set_num_threads(1))"
     )
+    # MACs at the utterance length the budget used (the export records it), for every model alike
+    cost_seconds = float((pruning_target(exp) or {}).get("cost_seconds", 1.0))
     rows: List[Dict[str, Any]] = []
     runs: Dict[Any, Any] = {}
     for model in MODELS:
@@ -372,7 +376,7 @@ def main() -> None:
             if not (model_dir / "config.yaml").is_file():
                 print(f"{model}: no model in {model_dir}, left out")
                 continue
-            measured = measure_compact(model_dir, args.rtf_seconds, args.rtf_runs)
+            measured = measure_compact(model_dir, args.rtf_seconds, args.rtf_runs, cost_seconds)
         row: Dict[str, Any] = {"model": model, **measured}
         row["rtf"] = round(row["rtf"], 5)
         for task in TASK_COLUMNS:
