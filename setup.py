@@ -26,6 +26,9 @@ setup(
         "matplotlib",
         "tensorboardX",  # s3prl's downstream runner imports it
         "pandas",  # s3prl's datasets and problem API
+        "pystoi",  # espnet2.bin.enh_scoring: STOI / ESTOI
+        "mir_eval",  # espnet2.bin.enh_scoring: SDR
+        "pesq",  # espnet2.bin.enh_scoring --use_pesq (builds with the system C compiler)
         "onnx",  # ONNX export (espnet_plugin.deploy)
         "onnxruntime",
     ],
