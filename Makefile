@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := ffmpeg espeak-ng sox
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-al test bench system-deps venv clean-venv
+.PHONY: demo demo-al demo-enh test bench system-deps venv clean-venv
 
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
@@ -38,6 +38,12 @@ demo: venv
 AL_ARGS ?=
 demo-al: venv
 	PYTHON=$(abspath $(PY)) bash egs2/mini_synth_al/run.sh --exp $(EXP) $(AL_ARGS)
+
+# Speech enhancement: egs2/mini_synth_enh end to end (two-step KD of a 2 M teacher into 60 k / 30 k
+# students), into egs2/mini_synth_enh/exp (EXP=dir and ENH_ARGS="--seeds 0 --sizes 30k ..." pass through).
+ENH_ARGS ?=
+demo-enh: venv
+	PYTHON=$(abspath $(PY)) bash egs2/mini_synth_enh/run.sh --exp $(EXP) $(ENH_ARGS)
 
 test: venv
 	$(PY) -m pytest -q tests
