@@ -5,6 +5,10 @@
     from s3prl.nn import S3PRLUpstream
     upstream = S3PRLUpstream("espnet_compress_local", path_or_url="exp/hubert_pruned")
 
+With the package installed, ``register()`` is optional: the start-up hook
+``espnet_compress_autoload`` calls it as soon as any code imports ``s3prl.hub`` (switch it off
+with ``ESPNET_COMPRESS_AUTOLOAD=0``).
+
 SUPERB's legacy runner, unchanged, with the same arguments as s3prl's run_downstream.py:
 
     python -m s3prl_upstream.run_downstream -m train -u espnet_compress_local -k exp/hubert_pruned \\

@@ -5,8 +5,11 @@ import time, and a trained experiment's ``config.yaml`` names classes by those k
 
 * ``register()`` adds ``CompressedEncoder`` to ``espnet2.tasks.asr.encoder_choices`` as
   ``espnet_compress`` and the s3prl upstreams ``espnet_compress_local`` / ``espnet_compress``
-  (via ``s3prl_upstream.register()``). It is idempotent and runs when ``espnet_plugin.asr`` is
-  imported.
+  (via ``s3prl_upstream.register()``, as soon as ``s3prl.hub`` is imported). It is idempotent
+  and runs when ``espnet_plugin.asr`` is imported. Installed, the package also does this in
+  every Python process by itself, with no import of this project (the start-up hook
+  ``espnet_compress_autoload``: ``register_encoder()`` when ``espnet2.tasks.asr`` is imported,
+  ``s3prl_upstream.register()`` when ``s3prl.hub`` is).
 * ``mark_plugin_args(args)`` (called by ``espnet_plugin.bin.asr_train``) turns the values
   that name plugin classes into ``PluginName`` strings; ESPnet writes them into
   ``config.yaml`` with the YAML tag ``PLUGIN_TAG``. Where the plugin is imported, the tag
@@ -25,6 +28,8 @@ from typing import Optional, Tuple, Union
 import torch
 import yaml
 from s3prl_upstream import UPSTREAM_NAMES as S3PRL_UPSTREAM_NAMES  # cheap: s3prl is imported by register()
+
+from espnet_plugin.utils.quiet_import import import_espnet_quietly
 
 ENCODER_NAME = "espnet_compress"
 PLUGIN_TAG = (
@@ -56,24 +61,54 @@ def _register_yaml() -> None:
             yaml.add_constructor(PLUGIN_TAG, _construct, Loader=loader)
 
 
-_registered = False
+_encoder_registered = False
+
+
+def register_encoder() -> str:
+    """Add ``CompressedEncoder`` to ``espnet2.tasks.asr.encoder_choices`` as ``espnet_compress``
+    and let YAML load the ``PLUGIN_TAG`` of configs written by ``espnet_plugin.bin.asr_train``
+    (idempotent; imports no s3prl). Returns the encoder's name. The start-up hook
+    (``espnet_compress_autoload``) calls it when ``espnet2.tasks.asr`` has been imported."""
+    global _encoder_registered
+    if not _encoder_registered:
+        from espnet2.tasks.asr import encoder_choices
+
+        from espnet_plugin.asr.encoder import CompressedEncoder
+
+        encoder_choices.classes[ENCODER_NAME] = CompressedEncoder
+        _register_yaml()
+        _encoder_registered = True
+    return ENCODER_NAME
+
+
+def _register_s3prl_upstream() -> None:
+    """``s3prl_upstream.register()`` now if ``s3prl.hub`` is imported, else right after it is
+    (importing s3prl takes 15-20 s: an ASR run without the s3prl front-end never pays it)."""
+    import sys
+
+    import s3prl_upstream
+
+    hub = sys.modules.get("s3prl.hub")
+    if hub is not None and not getattr(getattr(hub, "__spec__", None), "_initializing", False):
+        s3prl_upstream.register()  # imported already: register now, errors raise
+        return
+    try:
+        from espnet_compress_autoload import when_imported
+    except ImportError:  # the hook module missing (a partial install): register eagerly
+        s3prl_upstream.register()
+        return
+    when_imported("s3prl.hub", s3prl_upstream.register)  # later, silently (as the start-up hook)
 
 
 def register() -> None:
-    """Make the plugin's classes known to ESPnet's ASR task and to s3prl (idempotent)."""
-    global _registered
-    if _registered:
-        return
-    import espnet_plugin.tasks  # noqa: F401  (keeps ESPnet's import-time notice off stdout)
-    import s3prl_upstream
-    from espnet2.tasks.asr import encoder_choices
+    """Make the plugin's classes known to ESPnet's ASR task and to s3prl (idempotent).
 
-    from espnet_plugin.asr.encoder import CompressedEncoder
-
-    encoder_choices.classes[ENCODER_NAME] = CompressedEncoder
-    s3prl_upstream.register()
-    _register_yaml()
-    _registered = True
+    The encoder now (``register_encoder()``), the s3prl upstreams when ``s3prl.hub`` is
+    imported (now, if it already is). Works whatever ``ESPNET_COMPRESS_AUTOLOAD`` says.
+    """
+    import_espnet_quietly()  # keeps ESPnet's import-time notice off stdout
+    register_encoder()
+    _register_s3prl_upstream()
 
 
 def _mark(value):
