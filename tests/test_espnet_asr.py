@@ -290,8 +290,10 @@ def test_registration_reaches_spawned_workers(workdir):
     assert result.returncode == 0, f"spawned worker: exit {result.returncode}\n{result.stderr[-3000:]}"
 
 
-def test_missing_plugin_error(trained, s3prl_dry_run):
+def test_missing_plugin_error(trained, s3prl_dry_run, monkeypatch):
     # a fresh Python that never imports espnet_plugin: both paths' configs, two ways of loading
+    # (the installed package's start-up hook switched off, as if the plugin were not installed)
+    monkeypatch.setenv("ESPNET_COMPRESS_AUTOLOAD", "0")
     code = textwrap.dedent(f"""\
         import sys
         from espnet2.bin.asr_inference import Speech2Text
