@@ -7,10 +7,15 @@
 * ``load_asr_model(config, model_file)``: ``ASRTask.build_model_from_file`` with the plugin
   registered.
 
-Train with ``python -m espnet_plugin.bin.asr_train`` (ESPnet's ``asr_train`` plus this
-registration, also in spawned DDP workers). Its ``config.yaml`` tags the plugin's names, so
-loading it where the plugin is not imported fails with a message saying to import it.
-Importing this package imports ESPnet (and s3prl).
+Installed, the package registers both names in every Python process by itself (the
+start-up hook ``espnet_compress_autoload``), so stock ``python -m espnet2.bin.asr_train``
+works too; ``python -m espnet_plugin.bin.asr_train`` additionally tags the plugin's names in
+``config.yaml``, so that loading it where the plugin is switched off fails with a message
+saying to import it. Importing this package imports ESPnet; s3prl only once something
+imports ``s3prl.hub``.
+
+Active learning (choosing which pool utterances to transcribe) is in
+:mod:`espnet_plugin.asr.active_learning`.
 """
 from espnet_plugin.asr.registration import (
     ENCODER_NAME,
