@@ -271,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     parser.add_argument("--conf", type=Path, required=True, help="ESPnet ASR training config")
     parser.add_argument("--compact_model", type=Path, default=None,
                         help="compact model directory: the frozen upstream of conf/train_asr_compact.yaml")
-    parser.add_argument("--methods", nargs="+", default=["random", "confidence", "entropy", "egl", "badge"])
+    parser.add_argument("--methods", nargs="+", default=["random", "egl", "entropy", "confidence", "badge"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budget_seconds", type=float, default=60.0, help="audio selected per round")
@@ -286,7 +286,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
 
     rows: List[Dict] = []
     round_zero_jobs = [(s, seed) for seed in args.seeds]
-    chain_jobs = [(s, m, seed) for seed in args.seeds for m in args.methods]
+    # method by method (in the order given), each over all seeds: a run stopped early still has
+    # whole methods to compare
+    chain_jobs = [(s, m, seed) for m in args.methods for seed in args.seeds]
     if args.nj <= 1:  # in this process
         _init_worker()
         zero_results, chain_results = map(_round_zero, round_zero_jobs), None

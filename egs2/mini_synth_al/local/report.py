@@ -13,6 +13,8 @@ model for every method of a seed and is repeated under each method.
 2. the labelled minutes each method needs to reach random's final WER (mean over seeds), by
    linear interpolation along its mean learning curve, and that amount relative to random's.
 
+Both also for the CER (a small model on little data can sit near 100 % WER while its CER moves).
+
 Plus scoring throughput (pool utterances per second of scoring, per method, from the rounds'
 ``selection.json``), the mean duration of what each method selected, and the rank correlation
 between the egl and confidence scores of the same pool under the same model (round 1 of a seed),
@@ -99,7 +101,10 @@ def selection_stats(exp: Path) -> Tuple[Dict[str, Dict], List[Tuple[int, float]]
     for summary_path in sorted((exp / "al").glob("*/seed*/round*/select/selection.json")):
         method = summary_path.parts[-5]
         summary = json.loads(summary_path.read_text())
-        s = stats.setdefault(method, {"utts": 0, "seconds": 0.0, "selected_utts": 0, "selected_seconds": 0.0})
+        s = stats.setdefault(method, {"utts": 0, "seconds": 0.0, "selected_utts": 0, "selected_seconds": 0.0, "speakers": []})
+        utt2spk = summary_path.parent / "data" / "utt2spk"
+        if utt2spk.is_file():
+            s["speakers"].append(len({line.split()[1] for line in utt2spk.read_text().splitlines() if line.strip()}))
         s["utts"] += summary["scoring"]["utterances"]
         s["seconds"] += summary["scoring"]["seconds"]
         s["selected_utts"] += summary["selected_utts"]
@@ -169,17 +174,24 @@ def load_rows(exp: Path) -> List[Dict]:
 def report(exp: Path) -> str:
     raw = load_rows(exp)
     rows = [{k: r[k] for k in ROW_KEYS} for r in raw]
+    # a run stopped early: keep only the (method, seed) runs that reached the last round
+    last = max((r["round"] for r in rows), default=0)
+    reached = {(r["method"], r["seed"]) for r in rows if r["round"] == last}
+    unfinished = sorted({(r["method"], r["seed"]) for r in rows} - reached)
+    rows = [r for r in rows if (r["method"], r["seed"]) in reached]
     (exp / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     curve = curves(rows)
     plot(curve, exp / "figures" / "learning_curves.png")
     stats, correlations = selection_stats(exp)
     seeds = sorted({r["seed"] for r in rows})
+    seeds_of = {m: sorted({r["seed"] for r in rows if r["method"] == m}) for m in {r["method"] for r in rows}}
     lines = [
         "# mini_synth_al: active learning for ESPnet ASR",
         "",
         f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}; git {git_hash()}; Python {platform.python_version()}; CPU: {cpu_name()}",
-        f"- seeds: {' '.join(map(str, seeds))}; methods: {', '.join(curve)}; test: greedy CTC decoding, WER / CER in %",
+        f"- seeds: {'; '.join(f'{m} ' + ' '.join(map(str, seeds_of[m])) for m in curve)}; test: greedy CTC decoding, WER / CER in %",
         "- learning curves: `figures/learning_curves.png`; every row: `results.json`",
+        *([f"- **partial run**: left out, unfinished (method, seed): {', '.join(f'{m} {sd}' for m, sd in unfinished)}"] if unfinished else []),
         "",
         "## WER (%) by round: mean +- sd over seeds (labelled minutes)",
         "",
@@ -200,42 +212,49 @@ def report(exp: Path) -> str:
     if "random" in curve:
         rand = {p["round"]: p for p in curve["random"]}
         final = curve["random"][-1]
+        later = [r for r in rounds if r > 0]
         lines += [
             "",
             "## The paper's two headline figures, on this data",
             "",
-            "1. WER relative to random at equal labels (same round = same labelled seconds budget): "
-            "`(WER_method - WER_random) / WER_random` of the means over seeds. Negative = fewer word errors than random.",
+            "1. Error rate relative to random at equal labels (same round = same budget of labelled seconds): "
+            "`(ER_method - ER_random) / ER_random` of the means over seeds; negative = fewer errors than random.",
             "",
-            "| method | " + " | ".join(f"round {r}" for r in rounds if r > 0) + " | mean over rounds |",
-            "|---|" + "---:|" * (len([r for r in rounds if r > 0]) + 1),
+            "| method | metric | " + " | ".join(f"round {r}" for r in later) + " | mean over rounds |",
+            "|---|---|" + "---:|" * (len(later) + 1),
         ]
-        for method, points in curve.items():
-            if method == "random":
-                continue
-            rel = [(p["wer"] - rand[p["round"]]["wer"]) / rand[p["round"]]["wer"] * 100 for p in points if p["round"] > 0 and p["round"] in rand]
-            lines.append(f"| {method} | " + " | ".join(f"{x:+.1f} %" for x in rel) + f" | {statistics.fmean(rel):+.1f} % |" if rel else f"| {method} | |")
+        for key in ("wer", "cer"):
+            for method, points in curve.items():
+                if method == "random":
+                    continue
+                rel = [(p[key] - rand[p["round"]][key]) / rand[p["round"]][key] * 100 for p in points if p["round"] > 0 and p["round"] in rand]
+                if rel:
+                    lines.append(f"| {method} | {key.upper()} | " + " | ".join(f"{x:+.1f} %" for x in rel) + f" | {statistics.fmean(rel):+.1f} % |")
         lines += [
             "",
-            f"2. Labelled audio needed to reach random's final WER ({final['wer']:.1f} % after {final['minutes']:.1f} min), "
-            "by linear interpolation along each mean curve:",
+            f"2. Labelled audio needed to reach random's final error rate (WER {final['wer']:.1f} %, CER {final['cer']:.1f} % "
+            f"after {final['minutes']:.2f} min), by linear interpolation along each mean curve:",
             "",
-            "| method | minutes | relative to random |",
-            "|---|---:|---:|",
+            "| method | minutes to random's final WER | vs random | minutes to random's final CER | vs random |",
+            "|---|---:|---:|---:|---:|",
         ]
         for method, points in curve.items():
-            m = minutes_to_reach(points, final["wer"])
-            rel = f"{(m / final['minutes'] - 1) * 100:+.0f} %" if m is not None else f"not reached within {points[-1]['minutes']:.1f} min"
-            lines.append(f"| {method} | {fmt(m)} | {rel} |")
+            cells = []
+            for key in ("wer", "cer"):
+                m = minutes_to_reach(points, final[key], key)
+                cells += [fmt(m, 2), f"{(m / final['minutes'] - 1) * 100:+.0f} %" if m is not None else f"not reached in {points[-1]['minutes']:.2f} min"]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if stats:
         lines += ["", "## Scoring and selection", "",
-                  "| method | pool utterances scored | scoring utt/s (1 thread) | mean selected duration (s) |", "|---|---:|---:|---:|"]
+                  "| method | pool utterances scored | scoring utt/s (1 thread) | mean selected duration (s) | speakers per selection |",
+                  "|---|---:|---:|---:|---:|"]
         for method in curve:
             s = stats.get(method)
             if s:
                 rate = s["utts"] / s["seconds"] if s["seconds"] else None
                 mean_dur = s["selected_seconds"] / s["selected_utts"] if s["selected_utts"] else None
-                lines.append(f"| {method} | {s['utts']} | {fmt(rate, 2)} | {fmt(mean_dur, 2)} |")
+                spk = statistics.fmean(s["speakers"]) if s["speakers"] else None
+                lines.append(f"| {method} | {s['utts']} | {fmt(rate, 2)} | {fmt(mean_dur, 2)} | {fmt(spk)} |")
     if correlations:
         lines += ["", "Spearman rank correlation of the egl and confidence scores of the same pool under the same model "
                   "(round 1): " + ", ".join(f"seed {s}: {c:+.2f}" for s, c in correlations) + "."]
