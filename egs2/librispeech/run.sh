@@ -21,19 +21,7 @@ exp=exp
 speech_commands_root=
 python=${PYTHON:-python3}
 
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --stage) stage=$2; shift 2 ;;
-    --stop_stage) stop_stage=$2; shift 2 ;;
-    --librispeech_root) librispeech_root=$2; shift 2 ;;
-    --teacher) teacher=$2; shift 2 ;;
-    --model) model=$2; shift 2 ;;
-    --ngpu) ngpu=$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
-    --speech_commands_root) speech_commands_root=$2; shift 2 ;;
-    *) echo "unknown option: $1" >&2; exit 2 ;;
-  esac
-done
+. "$(dirname "$0")/../utils/parse_options.sh"  # --name VALUE sets any variable above
 
 cd "$(dirname "$0")"
 conf=$(pwd)/conf

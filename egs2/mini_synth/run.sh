@@ -26,23 +26,7 @@ superb_steps=""   # SUPERB training steps per run (default: total_steps of conf/
 superb_nj=2       # SUPERB runs at a time (the OMP threads are shared out between them)
 python=${PYTHON:-python3}
 
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --stage) stage=$2; shift 2 ;;
-    --stop_stage) stop_stage=$2; shift 2 ;;
-    --seed) seed=$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
-    --num_speakers) num_speakers=$2; shift 2 ;;
-    --utts_per_speaker) utts_per_speaker=$2; shift 2 ;;
-    --num_clusters) num_clusters=$2; shift 2 ;;
-    --teacher_args) teacher_args=$2; shift 2 ;;
-    --distill_args) distill_args=$2; shift 2 ;;
-    --superb_tasks) superb_tasks=$2; shift 2 ;;
-    --superb_steps) superb_steps=$2; shift 2 ;;
-    --superb_nj) superb_nj=$2; shift 2 ;;
-    *) echo "unknown option: $1" >&2; exit 2 ;;
-  esac
-done
+. "$(dirname "$0")/../utils/parse_options.sh"  # --name VALUE sets any variable above
 
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}

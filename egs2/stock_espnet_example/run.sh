@@ -19,17 +19,7 @@ train_args=""    # extra options for espnet2.bin.asr_train (e.g. "--max_epoch 1"
 decode_args=""   # extra options for espnet2.bin.asr_inference
 python=${PYTHON:-python3}
 
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --config) config=$2; shift 2 ;;
-    --mini_synth_exp) mini_synth_exp=$2; shift 2 ;;
-    --model_dir) model_dir=$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
-    --train_args) train_args=$2; shift 2 ;;
-    --decode_args) decode_args=$2; shift 2 ;;
-    *) echo "unknown option: $1" >&2; exit 2 ;;
-  esac
-done
+. "$(dirname "$0")/../utils/parse_options.sh"  # --name VALUE sets any variable above
 
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
