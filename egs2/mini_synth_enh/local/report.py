@@ -202,7 +202,7 @@ def plot(rows: List[Dict[str, Any]], sizes: List[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     snrs = sorted({row["snr_db"] for row in rows})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.8), sharey=True, squeeze=False)
     for ax, size in zip(axes[0], sizes):
         for method in ("teacher",) + STUDENT_METHODS:
             per_snr = [seed_values(rows, method, size, snr, "sdr_improvement") for snr in snrs]
@@ -219,7 +219,7 @@ def plot(rows: List[Dict[str, Any]], sizes: List[str], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("SDR improvement (dB)")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle("SDR improvement by input SNR (line: mean over seeds, band: min-max over seeds)")
+    fig.suptitle("SDR improvement by input SNR (line: mean over seeds, band: min-max)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
