@@ -406,9 +406,14 @@ def _kill_during_save(tmp: Path) -> Outcome:
     child.send_signal(signal.SIGKILL)
     child.wait()
     intact = digest(target) == before and torch.load(target)["epoch"] == 1
-    leftovers = [p.name for p in tmp.iterdir() if p.name.startswith(".checkpoint.pth.")]
-    seen = f"the old checkpoint.pth stays readable; the half-written temporary {leftovers} is left beside it"
-    return Outcome(seen, "nothing" if intact else "checkpoint.pth damaged", intact)
+    left = [p.name for p in tmp.iterdir() if p.name.startswith(".checkpoint.pth.")]
+    from espnet_plugin.utils.atomic import atomic_write
+
+    atomic_write(target, lambda path: torch.save({"epoch": 3}, path))  # the resumed run's next save
+    cleaned = not any(p.name.startswith(".checkpoint.pth.") for p in tmp.iterdir())
+    seen = (f"the old checkpoint.pth stays readable; the half-written temporary ({len(left)} file) is removed "
+            f"by the next save" if cleaned else f"temporary files left: {left}")
+    return Outcome(seen, "nothing" if intact else "checkpoint.pth damaged", intact and cleaned)
 
 
 @case("faults", "SIGKILL during training, then --resume true")

@@ -6,6 +6,7 @@ it over the target. ``mkstemp`` creates the file with mode 0600; it gets the mod
 """
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -23,7 +24,8 @@ def default_file_mode() -> int:
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and move the result over ``path``; on any error the target is
-    untouched and the temporary file removed."""
+    untouched and the temporary file removed. Temporary files that a killed writer left for
+    the same target are removed once the new file is in place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -34,4 +36,6 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     return path
