@@ -486,7 +486,7 @@ def _full_disk(tmp: Path) -> Outcome:
         return Outcome("not run (needs mount rights)", "nothing", True)
     try:
         (mount / "filler").write_bytes(b"\0" * (2 * 1024 * 1024 - 64 * 1024))
-        return expect_error(run(WS.export(exp, mount / "out")), "No space left on device")
+        return expect_error(run(WS.export(exp, mount / "out")), "No space left on device", str(mount / "out"))
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
 

@@ -22,6 +22,18 @@ def test_a_failed_write_leaves_the_target_and_no_temporary(tmp_path):
     assert target.read_text() == "good" and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]
 
 
+def test_an_io_failure_names_the_target(tmp_path):
+    from espnet_plugin.utils.atomic import WriteError
+
+    def full_disk(path):
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(WriteError, match=r"model.safetensors: cannot be written \(Error while serializing: I/O error"):
+        atomic_write(tmp_path / "model.safetensors", full_disk)
+    with pytest.raises(ValueError, match="not an I/O problem"):
+        atomic_write(tmp_path / "x", lambda path: (_ for _ in ()).throw(ValueError("not an I/O problem")))
+
+
 def test_temporaries_of_a_killed_writer_go_at_the_next_write(tmp_path):
     target = tmp_path / "model.safetensors"
     (tmp_path / ".model.safetensors.abc123.tmp").write_text("left by a SIGKILL")

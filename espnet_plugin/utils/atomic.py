@@ -15,6 +15,10 @@ from typing import Callable, Union
 PathLike = Union[str, os.PathLike]
 
 
+class WriteError(OSError):
+    """An output file that could not be written (full disk, no permission, ...), named."""
+
+
 def default_file_mode() -> int:
     """0666 minus the process umask (the mode ``open(path, "w")`` would create)."""
     umask = os.umask(0)
@@ -30,7 +34,12 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as exc:  # noqa: BLE001 - libraries report I/O failures in their own types
+            if isinstance(exc, OSError) or "I/O error" in str(exc):
+                raise WriteError(f"{path}: cannot be written ({exc})") from exc
+            raise
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
