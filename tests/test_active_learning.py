@@ -436,5 +436,5 @@ def test_recipe_rounds_tiny(tmp_path):
     results = json.loads((exp / "results.json").read_text())
     assert {tuple(sorted(r)) for r in results} == {tuple(sorted(report.ROW_KEYS))}
     assert sorted((r["method"], r["round"]) for r in results) == sorted((m, r) for m in ("random", "egl") for r in (0, 1, 2))
-    assert "WER relative to random at equal labels" in text and "random's final WER" in text
+    assert "relative to random at equal labels" in text and "random's final error rate" in text
     assert (exp / "figures" / "learning_curves.png").is_file() and (exp / "RESULTS.md").is_file()

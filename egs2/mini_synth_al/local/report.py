@@ -121,6 +121,68 @@ def selection_stats(exp: Path) -> Tuple[Dict[str, Dict], List[Tuple[int, float]]
     return stats, correlations
 
 
+def read_hyps(path: Path) -> Dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines()[1:]:
+        cols = line.split("\t")
+        if len(cols) >= 7 and cols[2] != "nan":
+            out[cols[0]] = cols[6]
+    return out
+
+
+def round_one_analysis(exp: Path) -> List[str]:
+    """What each method picked in round 1, judged with the transcripts afterwards (analysis only).
+
+    In round 1 every method of a seed chooses from the same pool with the same round-0 model, and
+    egl's ``scores.tsv`` holds that model's best hypothesis for every pool utterance: so the
+    round-0 model's CER on each pool utterance is known, and so are its speaking rate (characters
+    per second) and duration. Per method: means over the utterances it selected (all seeds).
+    """
+    import editdistance
+
+    oracle_path = exp / "data" / "oracle" / "pool_text"
+    if not oracle_path.is_file():
+        return []
+    oracle = dict(line.split(" ", 1) for line in oracle_path.read_text().splitlines() if " " in line)
+    per_method: Dict[str, Dict[str, List[float]]] = {}
+    pool_stats: Dict[str, List[float]] = {"cer": [], "rate": []}
+    egl_vs_cer = []
+    for egl_scores in sorted((exp / "al" / "egl").glob("seed*/round1/select/scores.tsv")):
+        seed = egl_scores.parts[-4]
+        hyps, egl = read_hyps(egl_scores), read_scores(egl_scores)
+        secs = {line.split("\t")[0]: float(line.split("\t")[1]) for line in egl_scores.read_text().splitlines()[1:]}
+        cer, rate = {}, {}
+        for utt, hyp in hyps.items():
+            ref = oracle[utt].replace(" ", "")
+            cer[utt] = 100.0 * editdistance.eval(ref, " ".join(hyp.split()).replace(" ", "")) / max(len(ref), 1)
+            rate[utt] = len(ref) / secs[utt]
+        pool_stats["cer"] += list(cer.values())
+        pool_stats["rate"] += list(rate.values())
+        common = sorted(set(egl) & set(cer))
+        egl_vs_cer.append((seed, spearman([egl[u] - math.log(secs[u]) for u in common], [cer[u] for u in common])))
+        for summary in sorted((exp / "al").glob(f"*/{seed}/round1/select/selection.json")):
+            method = summary.parts[-5]
+            chosen = [u for u in json.loads(summary.read_text())["selected"] if u in cer]
+            m = per_method.setdefault(method, {"cer": [], "rate": [], "dur": []})
+            m["cer"] += [cer[u] for u in chosen]
+            m["rate"] += [rate[u] for u in chosen]
+            m["dur"] += [secs[u] for u in chosen]
+    if not per_method:
+        return []
+    lines = ["", "## What round 1 selected, judged afterwards with the transcripts", "",
+             "Same pool, same round-0 model for every method of a seed; CER of that model's best hypothesis on each "
+             "selected utterance, speaking rate (characters per second), duration; means over all seeds.", "",
+             "| selection | round-0 CER on it (%) | chars / s | duration (s) |", "|---|---:|---:|---:|",
+             f"| whole pool | {statistics.fmean(pool_stats['cer']):.1f} | {statistics.fmean(pool_stats['rate']):.1f} | |"]
+    for method in sorted(per_method, key=lambda m: ORDER.index(m) if m in ORDER else 99):
+        m = per_method[method]
+        if m["cer"]:
+            lines.append(f"| {method} | {statistics.fmean(m['cer']):.1f} | {statistics.fmean(m['rate']):.1f} | {statistics.fmean(m['dur']):.2f} |")
+    lines += ["", "Spearman rank correlation of the per-second EGL score with the round-0 model's CER on the pool utterance: "
+              + ", ".join(f"{seed}: {c:+.2f}" for seed, c in egl_vs_cer) + "."]
+    return lines
+
+
 def plot(curve: Dict[str, List[Dict]], path: Path) -> None:
     import matplotlib
 
@@ -258,6 +320,7 @@ def report(exp: Path) -> str:
     if correlations:
         lines += ["", "Spearman rank correlation of the egl and confidence scores of the same pool under the same model "
                   "(round 1): " + ", ".join(f"seed {s}: {c:+.2f}" for s, c in correlations) + "."]
+    lines += round_one_analysis(exp)
     text = "\n".join(lines) + "\n"
     (exp / "RESULTS.md").write_text(text)
     return text
