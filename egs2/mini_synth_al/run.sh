@@ -35,29 +35,7 @@ num_speakers=32
 utts_per_speaker=40
 python=${PYTHON:-python3}
 
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --stage) stage=$2; shift 2 ;;
-    --stop_stage) stop_stage=$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
-    --seed) seed=$2; shift 2 ;;
-    --seeds) seeds=$2; shift 2 ;;
-    --methods) methods=$2; shift 2 ;;
-    --rounds) rounds=$2; shift 2 ;;
-    --budget_seconds) budget_seconds=$2; shift 2 ;;
-    --seed_utts) seed_utts=$2; shift 2 ;;
-    --pool_utts) pool_utts=$2; shift 2 ;;
-    --nbest) nbest=$2; shift 2 ;;
-    --nj) nj=$2; shift 2 ;;
-    --upstream) upstream=$2; shift 2 ;;
-    --compact_model) compact_model=$2; shift 2 ;;
-    --teacher_args) teacher_args=$2; shift 2 ;;
-    --train_args) train_args=$2; shift 2 ;;
-    --num_speakers) num_speakers=$2; shift 2 ;;
-    --utts_per_speaker) utts_per_speaker=$2; shift 2 ;;
-    *) echo "unknown option: $1" >&2; exit 2 ;;
-  esac
-done
+. "$(dirname "$0")/../utils/parse_options.sh"  # --name VALUE sets any variable above
 
 here=$(cd "$(dirname "$0")" && pwd)
 cd "${here}"

@@ -34,28 +34,7 @@ teacher_args=""    # extra options for espnet2.bin.enh_train (e.g. "--max_epoch 
 student_args=""    # extra options for every student run (e.g. "--num_iters_per_epoch 5")
 python=${PYTHON:-python3}
 
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --stage) stage=$2; shift 2 ;;
-    --stop_stage) stop_stage=$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
-    --seed) seed=$2; shift 2 ;;
-    --seeds) seeds=$2; shift 2 ;;
-    --sizes) sizes=$2; shift 2 ;;
-    --methods) methods=$2; shift 2 ;;
-    --kd_epochs) kd_epochs=$2; shift 2 ;;
-    --sup_epochs) sup_epochs=$2; shift 2 ;;
-    --nj) nj=$2; shift 2 ;;
-    --num_train) num_train=$2; shift 2 ;;
-    --num_valid) num_valid=$2; shift 2 ;;
-    --num_test) num_test=$2; shift 2 ;;
-    --num_speakers) num_speakers=$2; shift 2 ;;
-    --reverb_prob) reverb_prob=$2; shift 2 ;;
-    --teacher_args) teacher_args=$2; shift 2 ;;
-    --student_args) student_args=$2; shift 2 ;;
-    *) echo "unknown option: $1" >&2; exit 2 ;;
-  esac
-done
+. "$(dirname "$0")/../utils/parse_options.sh"  # --name VALUE sets any variable above
 
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from espnet_plugin.enh.features import LAYOUTS, FeatureError, FeatureRecorder, FeatureSource, feature_and_mask
 from espnet_plugin.enh.output_distill import OutputDistillLoss
 from espnet_plugin.losses import LOSSES, build_distill_loss
+from espnet_plugin.utils.nonfinite import NonFiniteGuard
 
 STAGES = ("kd", "supervised", "one_step")
 PAIR_KEYS = ("teacher", "student", "loss", "conf", "weight", "teacher_layout", "student_layout")
@@ -127,6 +128,7 @@ class EnhDistillModel(AbsESPnetModel):
             raise ValueError(f"output_kd accepts only {', '.join(OUTPUT_KD_KEYS)}; got {sorted(output_kd)}")
         self.student = student
         self.stage, self.alpha, self.kd_weight = stage, float(alpha), float(kd_weight)
+        self.nonfinite_guard = NonFiniteGuard()  # the task sets max_steps from --max_nonfinite_steps
         self.uses_kd = stage != "supervised" or kd_weight > 0
         self.uses_reference = stage != "kd"
         self.pairs = parse_feature_pairs(feature_pairs) if self.uses_kd else []
@@ -256,6 +258,8 @@ class EnhDistillModel(AbsESPnetModel):
             loss = self.alpha * kd + (1.0 - self.alpha) * sup
         else:
             loss = sup + self.kd_weight * kd if self.uses_kd else sup
+        if self.training:
+            self.nonfinite_guard.check(loss, kwargs.get("utt_id"))
         stats["loss"] = loss.detach()
         batch_size = torch.tensor(speech_mix.shape[0], device=loss.device)
         return force_gatherable((loss, stats, batch_size), loss.device)

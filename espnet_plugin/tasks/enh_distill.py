@@ -29,27 +29,25 @@ import torch
 from espnet_plugin.utils.quiet_import import import_espnet_quietly
 
 import_espnet_quietly()
-from espnet2.tasks.abs_task import AbsTask  # noqa: E402
 from espnet2.tasks.enh import EnhancementTask  # noqa: E402
 from espnet2.utils.nested_dict_action import NestedDictAction  # noqa: E402
 from espnet2.utils.types import str2bool, str_or_none  # noqa: E402
 
 from espnet_plugin.enh.model import STAGES, EnhDistillModel  # noqa: E402
-from espnet_plugin.tasks.atomic_trainer import AtomicCheckpointTrainer  # noqa: E402
+from espnet_plugin.tasks.abs_task import DEFAULT_MAX_NONFINITE_STEPS, PluginTask  # noqa: E402
 from espnet_plugin.utils.audio import check_scp_audio  # noqa: E402
 
 #: the options of this task that are not EnhancementTask's (left out of an exported student config)
 DISTILL_OPTIONS = (
     "teacher_config", "teacher_model_file", "stage", "feature_pairs", "alpha", "kd_weight", "output_kd",
-    "check_audio",
+    "check_audio", "max_nonfinite_steps",
 )
 
 
-class EnhDistillTask(AbsTask):
+class EnhDistillTask(PluginTask):
     num_optimizers: int = 1
     # --encoder, --separator, --decoder, --mask_module, --preprocessor, --diffusion_model: ESPnet's own tables
     class_choices_list = list(EnhancementTask.class_choices_list)
-    trainer = AtomicCheckpointTrainer
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -118,7 +116,7 @@ class EnhDistillTask(AbsTask):
             teacher, _ = EnhancementTask.build_model_from_file(config, model_file, device="cpu")
             logging.info("teacher %s: %.3f M params", model_file, sum(p.numel() for p in teacher.parameters()) / 1e6)
         logging.info("student: %d params", sum(p.numel() for p in student.parameters()))
-        return EnhDistillModel(
+        model = EnhDistillModel(
             student,
             teacher,
             stage=stage,
@@ -127,3 +125,5 @@ class EnhDistillTask(AbsTask):
             kd_weight=getattr(args, "kd_weight", 0.0),
             output_kd=getattr(args, "output_kd", None),
         )
+        model.nonfinite_guard.max_steps = getattr(args, "max_nonfinite_steps", DEFAULT_MAX_NONFINITE_STEPS)
+        return model
