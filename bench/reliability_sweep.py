@@ -458,6 +458,44 @@ def _kill_during_export(tmp: Path) -> Outcome:
                    else error_line(again.stderr), "nothing", same)
 
 
+@case("faults", "SIGKILL during a SUPERB run (s3prl runner, KS), then resume with -e")
+def _kill_during_superb(tmp: Path) -> Outcome:
+    from s3prl_upstream import config_path
+    from tests.test_s3prl_upstream import make_speech_commands
+
+    make_speech_commands(tmp / "sc")
+    data = (f"config.downstream_expert.datarc.speech_commands_root={tmp / 'sc' / 'train'},,"
+            f"config.downstream_expert.datarc.speech_commands_test_root={tmp / 'sc' / 'test'},,"
+            "config.runner.total_steps=8,,config.runner.eval_step=8,,config.runner.max_keep=10")
+
+    def train(exp: Path) -> List[str]:
+        return [sys.executable, "-m", "s3prl_upstream.run_downstream", "-m", "train", "-u", "espnet_compress_local",
+                "-k", str(WS.teacher), "-d", "speech_commands", "-c", str(config_path("ks/tiny.yaml")),
+                "-p", str(exp), "--device", "cpu", "-o", data]
+
+    reference = run(train(tmp / "reference"))
+    exp = tmp / "killed"
+    child = subprocess.Popen(train(exp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 900
+    while not (exp / "states-4.ckpt").is_file() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    kept = sorted(p.name for p in exp.glob("states-*.ckpt"))
+    resumed = run([sys.executable, "-m", "s3prl_upstream.run_downstream", "-m", "train", "-e", str(exp),
+                   "--device", "cpu"])
+    if reference.returncode or resumed.returncode or not (exp / "states-8.ckpt").is_file():
+        return Outcome(error_line(resumed.stderr or reference.stderr), "nothing", False)
+    ours = torch.load(exp / "states-8.ckpt", map_location="cpu", weights_only=False)
+    theirs = torch.load(tmp / "reference" / "states-8.ckpt", map_location="cpu", weights_only=False)
+    gap = max((a - b).abs().max().item() for a, b in zip(ours["Downstream"].values(), theirs["Downstream"].values()))
+    same = "the same weights as an uninterrupted run" if gap == 0 else (
+        f"weights within {gap:.2g} of an uninterrupted run's (s3prl does not restore its data order)")
+    return Outcome(f"killed with {kept} written; -e resumed from the last one and finished at step 8 with {same}",
+                   "nothing", True)
+
+
 @case("faults", "read-only output directory")
 def _read_only(tmp: Path) -> Outcome:
     out = tmp / "readonly"
