@@ -46,7 +46,7 @@ demo-enh: venv
 	PYTHON=$(abspath $(PY)) bash egs2/mini_synth_enh/run.sh --exp $(EXP) $(ENH_ARGS)
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests  # one test module per worker, two workers
 
 bench: venv
 	$(PY) bench/bench_encoder.py --output docs/benchmarks.md

@@ -86,7 +86,7 @@ setup(
         "onnxruntime",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "transformers>=5,<6"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "transformers>=5,<6"],
     },
     entry_points={
         "console_scripts": [
