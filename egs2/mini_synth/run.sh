@@ -32,15 +32,7 @@ cd "$(dirname "$0")"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 corpus=${exp}/corpus
 data=${corpus}/data
-mkdir -p "${exp}/stamps"
-
-# run_stage N NAME: true when stage N is selected and not finished before
-run_stage() {
-  [ "$1" -ge "${stage}" ] && [ "$1" -le "${stop_stage}" ] || return 1
-  if [ -e "${exp}/stamps/$1.done" ]; then echo "stage $1 ($2): done before, skipped"; return 1; fi
-  echo "=== stage $1: $2"
-}
-finish() { touch "${exp}/stamps/$1.done"; }
+. ../utils/stages.sh  # run_stage N NAME, finish N (stamps in ${exp}/stamps)
 
 data_args() {  # TRAIN_DIR DEV_DIR [EXTRA_NAME_TYPE...]
   echo --train_data_path_and_name_and_type "$1/wav.scp,speech,sound" --train_shape_file "$1/speech_shape" \

@@ -43,14 +43,7 @@ mkdir -p "${exp}"
 exp=$(cd "${exp}" && pwd)
 [ -z "${compact_model}" ] || compact_model=$(cd "${compact_model}" && pwd)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-mkdir -p "${exp}/stamps"
-
-run_stage() {
-  [ "$1" -ge "${stage}" ] && [ "$1" -le "${stop_stage}" ] || return 1
-  if [ -e "${exp}/stamps/$1.done" ]; then echo "stage $1 ($2): done before, skipped"; return 1; fi
-  echo "=== stage $1: $2"
-}
-finish() { touch "${exp}/stamps/$1.done"; }
+. ../utils/stages.sh  # run_stage N NAME, finish N (stamps in ${exp}/stamps)
 stamp_time() { date +%s > "${exp}/stamps/$1.start"; }
 
 if run_stage 1 "corpus (mini_synth's synth_corpus.py) and the seed / pool / dev / test splits"; then

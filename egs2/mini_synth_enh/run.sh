@@ -39,20 +39,7 @@ python=${PYTHON:-python3}
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 data=${exp}/corpus/data
-mkdir -p "${exp}/stamps"
-
-# run_stage N NAME: true when stage N is selected and not finished before
-run_stage() {
-  [ "$1" -ge "${stage}" ] && [ "$1" -le "${stop_stage}" ] || return 1
-  if [ -e "${exp}/stamps/$1.done" ]; then echo "stage $1 ($2): done before, skipped"; return 1; fi
-  echo "=== stage $1: $2 ($(date -u +%H:%M:%S))"
-}
-finish() { touch "${exp}/stamps/$1.done"; }
-# always_stage N NAME: true when stage N is selected (no stamp: the stage skips finished work itself)
-always_stage() {
-  [ "$1" -ge "${stage}" ] && [ "$1" -le "${stop_stage}" ] || return 1
-  echo "=== stage $1: $2 ($(date -u +%H:%M:%S))"
-}
+. ../utils/stages.sh  # run_stage / always_stage N NAME, finish N (stamps in ${exp}/stamps)
 
 if run_stage 1 "synthesise noisy / clean speech (espeak-ng, sox)"; then
   ${python} local/prepare_data.py --out "${exp}/corpus" --num_train "${num_train}" --num_valid "${num_valid}" \
