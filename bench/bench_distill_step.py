@@ -25,7 +25,7 @@ from espnet_plugin.distill.model import DistillPruneModel  # noqa: E402
 from espnet_plugin.distill.student import build_student  # noqa: E402
 from espnet_plugin.models import GateConfig, SpeechEncoder  # noqa: E402
 from espnet_plugin.models import hubert_base_config, tiny_config  # noqa: E402
-from bench.common import write_section  # noqa: E402
+from bench.common import markers, write_section  # noqa: E402
 from espnet_plugin.utils.machine import cpu_name  # noqa: E402
 
 MARK = "bench_distill_step"
@@ -67,7 +67,7 @@ def time_steps(steps: Dict[str, Callable[[], None]], warmup: int, repeats: int) 
 
 def section(rows: List[str], repeats: Dict[str, int]) -> str:
     return "\n".join([
-        f"<!-- {MARK}:start -->",
+        markers(MARK)[0],
         "## DistillPruneTask: stage-1 step vs plain distillation (`bench/bench_distill_step.py`)",
         "",
         f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}",
@@ -79,7 +79,7 @@ def section(rows: List[str], repeats: Dict[str, int]) -> str:
         "| student | plain distillation | stage 1 (gated + Lagrangian) | ratio of medians |",
         "|---|---:|---:|---:|",
         *rows,
-        f"<!-- {MARK}:end -->",
+        markers(MARK)[1],
     ])
 
 

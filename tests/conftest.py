@@ -21,6 +21,15 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch
     return model
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module's tests (tiny models gain nothing from more)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def wavs():
     gen = torch.Generator().manual_seed(123)

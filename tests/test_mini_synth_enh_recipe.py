@@ -41,12 +41,7 @@ report = load_local("report")
 TINY_DATA = dict(num_train=6, num_valid=2, num_test=2, num_speakers=8, seed=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,7 @@ from espnet_plugin.pruning import prune_model
 def export(config: Path, checkpoint: Path, output_dir: Path) -> Dict[str, Any]:
     from espnet_plugin.tasks.distill_prune import DistillPruneTask
 
-    args = _training_args(config)
-    model = DistillPruneTask.build_model(args)
+    model, args = DistillPruneTask.build_model_from_file(config, None, device="cpu")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     # ESPnet's own loader is lenient (a gated checkpoint would load into an ungated model):
     # every weight must be there, with its shape, and nothing else
@@ -71,11 +70,3 @@ def export(config: Path, checkpoint: Path, output_dir: Path) -> Dict[str, Any]:
         if history:
             plot_training(history, output_dir / "training.png")
     return summary
-
-
-def _training_args(config: Path):
-    """The experiment's arguments, as ESPnet's ``build_model_from_file`` reads them."""
-    import argparse
-
-    with open(config, encoding="utf-8") as f:
-        return argparse.Namespace(**yaml.safe_load(f))

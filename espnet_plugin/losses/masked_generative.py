@@ -7,7 +7,7 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from espnet_plugin.losses.abs_loss import DEFAULT_LAYER_MAP, LayerMapLoss
+from espnet_plugin.losses.abs_loss import DEFAULT_LAYER_MAP, LayerMapLoss, masked_mean
 from espnet_plugin.losses.channel_wise import alignment
 from espnet_plugin.losses.generative_denoise import DenoiseGenerator
 
@@ -55,6 +55,6 @@ class MaskedGenerativeLoss(LayerMapLoss):
             kept = valid & (torch.rand(valid.shape, device=valid.device) >= self.mask_ratio)
         rebuilt = self.generators[index](torch.where(kept, aligned, 0.0), valid)
         error = (rebuilt - teacher.transpose(1, 2)).pow(2).mean(1)  # (B, T)
-        mse = torch.where(mask, error, 0.0).sum() / mask.sum().clamp(min=1)
+        mse = masked_mean(error, mask)
         term = self.alpha * mse
         return term, {"mse": mse}

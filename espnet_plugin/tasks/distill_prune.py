@@ -103,6 +103,16 @@ class DistillPruneTask(PluginTask):
         return ()
 
     @classmethod
+    def main_worker(cls, args: argparse.Namespace) -> None:
+        """A training run counts MACs for its data's mean utterance length unless the config
+        says otherwise; the value is written into config.yaml. (A model built from an older
+        config.yaml without it keeps the 1 s its budget used.)"""
+        if args.model_conf.get("cost_seconds") is None and args.train_shape_file:
+            args.model_conf["cost_seconds"] = mean_duration(args.train_shape_file[0])
+            logging.info("MACs counted for %.2f s utterances (the training data's mean)", args.model_conf["cost_seconds"])
+        super().main_worker(args)
+
+    @classmethod
     def build_model(cls, args: argparse.Namespace) -> DistillPruneModel:
         try:
             gates = GateConfig(**args.gates_conf)
@@ -112,9 +122,6 @@ class DistillPruneTask(PluginTask):
         logging.info("teacher %s (%s): %.2f M params", args.teacher_path, provenance["source_format"], teacher.num_params() / 1e6)
         student = build_student(teacher, gates, args.student_path, args.student_conf)
         model_class = model_choices.get_class(args.model)
-        if args.model_conf.get("cost_seconds") is None and getattr(args, "train_shape_file", None):
-            args.model_conf["cost_seconds"] = mean_duration(args.train_shape_file[0])  # recorded in config.yaml
-            logging.info("MACs counted for %.2f s utterances (the training data's mean)", args.model_conf["cost_seconds"])
         try:
             model = model_class(student=student, teacher=teacher, **args.model_conf)
         except TypeError as exc:
