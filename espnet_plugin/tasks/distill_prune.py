@@ -108,8 +108,8 @@ class DistillPruneTask(PluginTask):
         says otherwise; the value is written into config.yaml. (A model built from an older
         config.yaml without it keeps the 1 s its budget used.)"""
         if args.model_conf.get("cost_seconds") is None and args.train_shape_file:
+            # no logging here: a logging call before ESPnet's basicConfig would silence its INFO log
             args.model_conf["cost_seconds"] = mean_duration(args.train_shape_file[0])
-            logging.info("MACs counted for %.2f s utterances (the training data's mean)", args.model_conf["cost_seconds"])
         super().main_worker(args)
 
     @classmethod
@@ -127,6 +127,7 @@ class DistillPruneTask(PluginTask):
         except TypeError as exc:
             raise ConfigError(f"model_conf: {exc}") from exc
         model.nonfinite_guard.max_steps = getattr(args, "max_nonfinite_steps", DEFAULT_MAX_NONFINITE_STEPS)
+        logging.info("MACs counted for %.3f s utterances", model.cost_seconds)
         return model
 
     @classmethod
