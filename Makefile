@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := ffmpeg espeak-ng sox
+DEBIAN_PACKAGES := ffmpeg espeak-ng flite sox
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-al demo-enh test bench system-deps venv clean-venv

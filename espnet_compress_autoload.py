@@ -20,10 +20,21 @@ module imported             then
 ==========================  =========================================================================
 
 Nothing of this project, ESPnet, s3prl or torch is imported before that. Each watched module
-fires once; the finder leaves ``sys.meta_path`` when both have.
+fires once; the finder leaves ``sys.meta_path`` when all have.
+
+Offline switch (``ESPNET_COMPRESS_OFFLINE=1``, set by every recipe of this repository): ESPnet's
+task modules import ``g2p_en``, which calls ``nltk.download("cmudict")`` and a POS tagger's
+download at import time when that data is missing (so do ``s3prl.hub`` and every SUPERB run,
+through s3prl's ESPnet upstreams). With the switch on, the hook also watches ``nltk`` and, once
+it is imported, replaces ``nltk.download`` by a function that downloads nothing and returns
+False (as nltk's own does on failure): nothing is fetched, nothing is printed. Nothing in this
+repository uses NLTK data (phonemes come from espeak-ng); g2p_en itself would fail only when
+called, with NLTK's own "resource not found" message. The switch is independent of
+``ESPNET_COMPRESS_AUTOLOAD``.
 
 Environment variables:
 
+* ``ESPNET_COMPRESS_OFFLINE=1`` (or ``true`` / ``yes`` / ``on``): the offline switch above.
 * ``ESPNET_COMPRESS_AUTOLOAD=0`` (or ``false`` / ``no`` / ``off``): do nothing; the plugin is
   then registered only explicitly (``import espnet_plugin.asr``, ``s3prl_upstream.register()``,
   ``python -m espnet_plugin.bin.asr_train``, ``python -m s3prl_upstream.run_downstream``).
@@ -41,6 +52,7 @@ import sys
 
 ENV_SWITCH = "ESPNET_COMPRESS_AUTOLOAD"
 ENV_DEBUG = "ESPNET_COMPRESS_AUTOLOAD_DEBUG"
+ENV_OFFLINE = "ESPNET_COMPRESS_OFFLINE"
 _OFF = ("0", "false", "no", "off")
 
 
@@ -62,8 +74,24 @@ def _register_espnet():
     return "encoder " + register_encoder()
 
 
+def _nltk_offline():
+    nltk = sys.modules.get("nltk")
+    if not callable(getattr(nltk, "download", None)):
+        raise RuntimeError("nltk has no download(): an NLTK this hook does not know")
+
+    def download(info_or_id=None, *args, **kwargs):
+        _debug(f"nltk.download({info_or_id!r}) skipped: {ENV_OFFLINE} is set, nothing is downloaded")
+        return False
+
+    download.__doc__ = f"nltk.download switched off by {__name__} ({ENV_OFFLINE}): downloads nothing, returns False."
+    nltk.download = download
+    return "nltk.download off"
+
+
 #: watched module -> its registration (run once, right after the module has been executed)
 WATCHED = {"s3prl.hub": _register_s3prl, "espnet2.tasks.asr": _register_espnet}
+#: watched as well when ESPNET_COMPRESS_OFFLINE is on
+OFFLINE_WATCHED = {"nltk": _nltk_offline}
 
 #: what happened, per watched module: "registered ..." or "failed: ..." (for debugging and tests)
 STATUS = {}
@@ -190,7 +218,11 @@ def when_imported(name, register):
 
 
 def install():
-    """Watch the modules of ``WATCHED`` unless switched off by ``ESPNET_COMPRESS_AUTOLOAD``."""
+    """Watch the modules of ``WATCHED`` unless switched off by ``ESPNET_COMPRESS_AUTOLOAD``, and
+    those of ``OFFLINE_WATCHED`` when ``ESPNET_COMPRESS_OFFLINE`` is on."""
+    if os.environ.get(ENV_OFFLINE, "").strip().lower() not in ("",) + _OFF:
+        for name, register in OFFLINE_WATCHED.items():
+            when_imported(name, register)
     if os.environ.get(ENV_SWITCH, "").strip().lower() in _OFF:
         return
     for name, register in WATCHED.items():

@@ -114,6 +114,18 @@ def test_startup_imports_nothing_and_reaches_spawned_workers(installed, tmp_path
         assert not report(result.stdout)["finder"]
 
 
+def test_offline_switch_stops_nltk_downloads(installed, tmp_path):
+    """ESPnet's task modules (and so s3prl.hub) import g2p_en, which calls nltk.download at import
+    time; with ESPNET_COMPRESS_OFFLINE (set by the recipes) nothing is fetched or printed."""
+    code = import_check("import g2p_en, nltk\nprint('DOWNLOAD', nltk.download('cmudict'))\n")
+    result = python(code, tmp_path, ESPNET_COMPRESS_OFFLINE="1")
+    assert "DOWNLOAD False" in result.stdout
+    assert "nltk_data" not in result.stdout + result.stderr
+    assert report(result.stdout)["status"] == {"nltk": "registered nltk.download off"}
+    result = python("import nltk\nprint(nltk.download.__module__)", tmp_path)  # off by default
+    assert result.stdout.strip() == "nltk.downloader"
+
+
 def test_silent_when_frameworks_are_missing(installed, tmp_path):
     # s3prl and ESPnet not installed (blocked right after the hook's finder), or installed without
     # the watched modules (fake packages): the usual ModuleNotFoundError, nothing from the hook

@@ -267,35 +267,49 @@ def test_evaluate_superb_rejects_bad_model_specs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- stage 10
-def superb_json(exp: Path, model: str, task: str, **fields) -> None:
+def superb_json(exp: Path, model: str, task: str, seed: int = 0, **fields) -> None:
     (exp / "superb").mkdir(parents=True, exist_ok=True)
-    run = dict(model=model, task=task, checkpoint=f"/x/{task}.ckpt", total_steps=10, **fields)
-    (exp / "superb" / f"{model}_{task}.json").write_text(json.dumps(run))
+    run = dict(model=model, task=task, seed=seed, checkpoint=f"/x/{task}.ckpt", total_steps=10, **fields)
+    (exp / "superb" / f"{model}_{task}_seed{seed}.json").write_text(json.dumps(run))
 
 
 def test_report_rows_convert_every_metric_to_percent(tmp_path):
-    superb_json(tmp_path, "teacher", "ks", value=0.5147, dev_best=0.541)
-    superb_json(tmp_path, "teacher", "asr", value=91.88, uer=38.11, dev_best=94.9)
+    superb_json(tmp_path, "teacher", "ks", value=0.5147, dev_best=0.541, unseen={"value": 0.25})
+    superb_json(tmp_path, "teacher", "ks", seed=1, value=0.6147, dev_best=0.6, unseen={"value": 0.35})
+    superb_json(tmp_path, "teacher", "ks", seed=10, value=0.5647, dev_best=0.6, unseen={"value": 0.30})
+    superb_json(tmp_path, "teacher", "asr", value=91.88, uer=38.11, dev_best=94.9, unseen={"value": 99.0, "uer": 60.5})
     superb_json(tmp_path, "teacher", "ic", value=0.8, dev_best=0.85)
-    superb_json(tmp_path, "teacher", "pr", value=40.5, dev_best=42.0)
+    superb_json(tmp_path, "teacher", "pr", value=40.5, dev_best=42.0, unseen={"value": 55.25})
     superb_json(tmp_path, "fbank", "ks", value=0.2)
     runs = {(m, t): report.superb(tmp_path, m, t) for m in ("teacher", "fbank") for t in report.TASK_COLUMNS
             if report.superb(tmp_path, m, t)}
-    assert report.task_metrics(runs, "teacher") == {"ks_accuracy": 51.47, "asr_wer": 91.88, "asr_cer": 38.11,
-                                                    "ic_accuracy": 80.0, "pr_per": 40.5}
+    assert [r["seed"] for r in runs[("teacher", "ks")]["runs"]] == [0, 1, 10]  # numeric seed order
+    metrics = report.task_metrics(runs, "teacher")
+    # means over seeds in %, sample standard deviation, the values in seed order; unseen voices alike
+    assert metrics["ks_accuracy"] == 56.47 and metrics["ks_accuracy_std"] == 5.0
+    assert metrics["ks_accuracy_seeds"] == [51.47, 61.47, 56.47]
+    assert metrics["ks_accuracy_unseen"] == 30.0 and metrics["ks_accuracy_unseen_std"] == 5.0
+    assert (metrics["asr_wer"], metrics["asr_cer"], metrics["asr_wer_std"]) == (91.88, 38.11, None)
+    assert (metrics["asr_wer_unseen"], metrics["asr_cer_unseen"], metrics["pr_per_unseen"]) == (99.0, 60.5, 55.25)
+    assert (metrics["ic_accuracy"], metrics["pr_per"]) == (80.0, 40.5) and "ic_accuracy_unseen" not in metrics
     # ks / asr are always present (null when not run), ic / pr only where run
-    assert report.task_metrics(runs, "fbank") == {"ks_accuracy": 20.0, "asr_wer": None, "asr_cer": None}
-    rows = [{"model": "teacher", "params": 1000, "macs_per_second": 2e9, "rtf": 0.01, **report.task_metrics(runs, "teacher")},
+    assert report.task_metrics(runs, "fbank") == {"ks_accuracy": 20.0, "ks_accuracy_std": None,
+                                                  "ks_accuracy_seeds": [20.0], "asr_wer": None, "asr_cer": None}
+    rows = [{"model": "teacher", "params": 1000, "macs_per_second": 2e9, "rtf": 0.01, **metrics},
             {"model": "fbank", "params": 0, "macs_per_second": None, "rtf": 0.001, **report.task_metrics(runs, "fbank")}]
     env = dict(date="d", python="3", espnet="e", espnet_compress="c", s3prl="s", torch="t", git_hash=None, dirty=False,
                commit_date=None, cpu="cpu", cpu_count=2)
-    text = report.markdown(tmp_path, env, rows, runs, "rtf", "none")
-    assert "|model|params|MACs/s (G)|RTF|KS acc ↑|ASR WER ↓|ASR CER ↓|IC acc ↑|PR PER ↓|" in text
-    assert "|teacher|1,000|2.0000|0.0100|51.47|91.88|38.11|80.00|40.50|" in text
-    assert "|fbank|0|n/a|0.0010|20.00|n/a|n/a|n/a|n/a|" in text
-    assert "|teacher|10|ic.ckpt|85.00|80.00|" in text  # dev / test accuracy of the IC table in %
-    report.plot_metric_vs_params(rows, tmp_path / "plot.png")
-    assert (tmp_path / "plot.png").stat().st_size > 10000
+    text = report.markdown(tmp_path, env, rows, runs, "rtf", {})
+    assert ("|model|params|MACs/s (G)|RTF|KS acc ↑|KS acc unseen ↑|ASR WER ↓|ASR CER ↓|ASR WER unseen ↓|"
+            "ASR CER unseen ↓|IC acc ↑|PR PER ↓|PR PER unseen ↓|") in text
+    assert "|teacher|1,000|2.0000|0.0100|56.47 ± 5.00|30.00 ± 5.00|91.88|38.11|99.00|60.50|80.00|40.50|55.25|" in text
+    assert "|fbank|0|n/a|0.0010|20.00|n/a|n/a|n/a|n/a|n/a|n/a|n/a|n/a|" in text
+    assert "|teacher|0|10|ic.ckpt|85.00|80.00|n/a|" in text  # dev / test accuracy of the IC table in %
+    assert "|teacher|1|10|ks.ckpt|60.00|61.47|35.00|" in text  # one line per seed, with the unseen voices
+    assert "- teacher vs fbank: KS acc +36.47 ± 5.00 (better)\n" in text  # fbank: KS alone
+    for cost in ("params", "macs"):
+        report.plot_metric_vs_cost(rows, tmp_path / f"plot_{cost}.png", cost)
+        assert (tmp_path / f"plot_{cost}.png").stat().st_size > 10000
 
 
 def test_report_target_is_absolute(tmp_path):

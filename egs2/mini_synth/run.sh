@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Compress a speech SSL model end to end on a CPU, from nothing: synthesise a corpus,
-# pretrain a small HuBERT teacher with ESPnet, distil + prune it (DPHuBERT), distil a
-# DistilHuBERT-style baseline, then evaluate teacher, compressed student, baseline and an fbank
-# control on SUPERB KS, ASR and PR (IC on request) with s3prl (runner, problem API), write RESULTS.md /
-# results.json.
+# Compress a speech SSL model end to end on a CPU, from nothing: synthesise a corpus (espeak-ng
+# and flite voices; one voice family held out as an unseen-voices test split), pretrain a small
+# HuBERT teacher with ESPnet, distil + prune it (DPHuBERT) to a parameter budget and to a MAC
+# budget, distil a DistilHuBERT-style baseline, then evaluate teacher, both compressed students,
+# baseline and an fbank control on SUPERB KS (several seeds), ASR and PR (IC on request) with
+# s3prl (runner, problem API), in-domain and on the unseen voices; write RESULTS.md / results.json.
+# Nothing is downloaded (ESPNET_COMPRESS_OFFLINE=1, HF_HUB_OFFLINE=1).
 # Re-runnable: a finished stage leaves a stamp and is skipped (stages 9 and 10 have no stamp:
 # stage 9 skips each finished downstream run itself, stage 10 rewrites the report).
 #
 #   bash run.sh [--stage N] [--stop_stage M] [--seed S] [--exp DIR]
 #               [--teacher_args "ESPnet options"] [--distill_args "ESPnet options"]
-#               [--superb_tasks "ks asr ic pr"] [--superb_steps N] [--superb_nj J]
+#               [--superb_tasks "ks asr ic pr"] [--superb_seeds "ks=3 asr=1 pr=1"]
+#               [--superb_steps N] [--superb_nj J]
 set -euo pipefail
 
 stage=1
@@ -22,6 +25,7 @@ num_clusters=50
 teacher_args=""   # extra options for espnet2.bin.hubert_train (e.g. "--max_epoch 2")
 distill_args=""   # extra options for every distill_prune_train run
 superb_tasks="ks asr pr"  # SUPERB tasks evaluated in stage 9 (any of ks asr ic pr)
+superb_seeds="ks=3 asr=1 pr=1"  # seeds per SUPERB task (mean and spread reported)
 superb_steps=""   # SUPERB training steps per run (default: total_steps of conf/superb_<task>.yaml)
 superb_nj=2       # SUPERB runs at a time (the OMP threads are shared out between them)
 python=${PYTHON:-python3}
@@ -30,6 +34,9 @@ python=${PYTHON:-python3}
 
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# nothing is downloaded: g2p_en's import-time NLTK downloads (through ESPnet's and s3prl's imports)
+# are switched off by the plugin's start-up hook; the Hugging Face libraries stay offline
+export ESPNET_COMPRESS_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 corpus=${exp}/corpus
 data=${corpus}/data
 . ../utils/stages.sh  # run_stage N NAME, finish N (stamps in ${exp}/stamps)
@@ -39,7 +46,7 @@ data_args() {  # TRAIN_DIR DEV_DIR [EXTRA_NAME_TYPE...]
        --valid_data_path_and_name_and_type "$2/wav.scp,speech,sound" --valid_shape_file "$2/speech_shape"
 }
 
-if run_stage 1 "synthesise the corpus with espeak-ng"; then
+if run_stage 1 "synthesise the corpus with espeak-ng and flite (flite's kal voices held out: test_unseen)"; then
   ${python} local/synth_corpus.py --out "${corpus}" --num_speakers "${num_speakers}" \
     --utts_per_speaker "${utts_per_speaker}" --seed "${seed}"
   finish 1
@@ -73,18 +80,51 @@ distill() {  # CONFIG OUTPUT_DIR [EXTRA...]
     --output_dir "${out}" --ngpu 0 --seed "${seed}" $(data_args "${data}/train" "${data}/dev") ${distill_args} "$@"
 }
 
-if run_stage 5 "DPHuBERT stage 1: distil + prune"; then
-  distill conf/distill_prune_stage1.yaml "${exp}/stage1"
-  ${python} -m espnet_plugin.bin.export_model --config "${exp}/stage1/config.yaml" \
-    --checkpoint "${exp}/stage1/latest.pth" --output_dir "${exp}/stage1_pruned"
+# the two budgets: the compressed model of each (suffix of its directories, stage-1 config)
+suffix() { [ "$1" = params ] && echo "" || echo "_$1"; }
+
+prune() {  # BUDGET (params | macs): DPHuBERT stage 1 and its export
+  local s; s=$(suffix "$1")
+  distill "conf/distill_prune_stage1${s}.yaml" "${exp}/stage1${s}"
+  ${python} -m espnet_plugin.bin.export_model --config "${exp}/stage1${s}/config.yaml" \
+    --checkpoint "${exp}/stage1${s}/latest.pth" --output_dir "${exp}/stage1${s}_pruned"
+}
+
+final_distill() {  # BUDGET: DPHuBERT stage 2 of that budget's pruned model and its export
+  local s; s=$(suffix "$1")
+  distill conf/distill_prune_stage2.yaml "${exp}/stage2${s}" --student_path "${exp}/stage1${s}_pruned" \
+    --init_param "${exp}/stage1${s}_pruned/distill_loss.pth"
+  ${python} -m espnet_plugin.bin.export_model --config "${exp}/stage2${s}/config.yaml" \
+    --checkpoint "${exp}/stage2${s}/valid.loss.best.pth" --output_dir "${exp}/compressed${s}"
+}
+
+at_once() {  # FUNCTION ARG...: FUNCTION ARG for every ARG at the same time, one thread each,
+             # each logged to ${exp}/logs/FUNCTION_ARG.log; fails if any of them failed
+  local fn=$1 pids=() failed=0 arg i; shift
+  mkdir -p "${exp}/logs"
+  for arg in "$@"; do
+    echo "  ${fn} ${arg} (log: ${exp}/logs/${fn}_${arg}.log)"
+    OMP_NUM_THREADS=1 "${fn}" "${arg}" > "${exp}/logs/${fn}_${arg}.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in "${!pids[@]}"; do
+    if ! wait "${pids[$i]}"; then
+      arg=${*:$((i + 1)):1}
+      echo "${fn} ${arg} failed; the end of ${exp}/logs/${fn}_${arg}.log:" >&2
+      tail -n 20 "${exp}/logs/${fn}_${arg}.log" >&2
+      failed=1
+    fi
+  done
+  return ${failed}
+}
+
+if run_stage 5 "DPHuBERT stage 1: distil + prune to 25 % of the teacher's params and to 25 % of its MACs"; then
+  at_once prune params macs
   finish 5
 fi
 
-if run_stage 6 "DPHuBERT stage 2: final distillation"; then
-  distill conf/distill_prune_stage2.yaml "${exp}/stage2" --student_path "${exp}/stage1_pruned" \
-    --init_param "${exp}/stage1_pruned/distill_loss.pth"
-  ${python} -m espnet_plugin.bin.export_model --config "${exp}/stage2/config.yaml" \
-    --checkpoint "${exp}/stage2/valid.loss.best.pth" --output_dir "${exp}/compressed"
+if run_stage 6 "DPHuBERT stage 2: final distillation of both pruned students"; then
+  at_once final_distill params macs
   finish 6
 fi
 
@@ -111,9 +151,10 @@ always_stage() {
   echo "=== stage $1: $2"
 }
 
-if always_stage 9 "SUPERB ${superb_tasks} with s3prl (runner / problem API): teacher, compressed, baseline, fbank"; then
+if always_stage 9 "SUPERB ${superb_tasks} with s3prl (runner / problem API): teacher, compressed x 2, baseline, fbank"; then
   ${python} local/evaluate_superb.py --out "${exp}/superb" --seed "${seed}" --nj "${superb_nj}" --python "${python}" \
-    --models teacher="${exp}/teacher" compressed="${exp}/compressed" baseline="${exp}/baseline" fbank=s3prl:fbank_no_cmvn \
+    --models teacher="${exp}/teacher" compressed="${exp}/compressed" compressed_macs="${exp}/compressed_macs" \
+    baseline="${exp}/baseline" fbank=s3prl:fbank_no_cmvn --seeds ${superb_seeds} \
     --tasks ${superb_tasks} --ks_data "${superb_data}/ks" --asr_data "${superb_data}/asr" \
     --ic_data "${superb_data}/ic" --pr_data "${superb_data}/pr" ${superb_steps:+--steps "${superb_steps}"}
 fi

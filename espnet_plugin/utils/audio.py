@@ -1,11 +1,11 @@
-"""Audio I/O with errors that name the file: reading 16 kHz speech, synthesising it with espeak-ng."""
+"""Audio I/O with errors that name the file: reading 16 kHz speech, synthesising it with espeak-ng or flite."""
 from __future__ import annotations
 
 import io
 import shutil
 import subprocess
 from pathlib import Path
-from typing import List, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
@@ -56,6 +56,27 @@ def synthesize(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 5
         capture_output=True,
     ).stdout
     data, rate = soundfile.read(io.BytesIO(wav_bytes), dtype="float32")
+    return AF.resample(torch.from_numpy(data), rate, SAMPLE_RATE)
+
+
+def synthesize_flite(text: str, voice: str = "slt", stretch: float = 1.0, f0_mean: Optional[float] = None) -> torch.Tensor:
+    """Speak ``text`` with flite (a built-in voice: kal, kal16, awb, rms, slt) and return a 16 kHz
+    float waveform; ``stretch`` > 1 speaks slower, ``f0_mean`` sets the mean pitch in Hz."""
+    import tempfile
+
+    import soundfile
+    import torchaudio.functional as AF
+
+    binary = shutil.which("flite")
+    if binary is None:
+        raise RuntimeError("flite is not installed (apt-get install flite; `make demo` installs it)")
+    options = ["--setf", f"duration_stretch={stretch:g}"]
+    if f0_mean is not None:
+        options += ["--setf", f"int_f0_target_mean={f0_mean:g}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "speech.wav"
+        subprocess.run([binary, "-voice", voice, *options, "-t", text, "-o", str(path)], check=True, capture_output=True)
+        data, rate = soundfile.read(str(path), dtype="float32")
     return AF.resample(torch.from_numpy(data), rate, SAMPLE_RATE)
 
 

@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -236,23 +237,56 @@ def parse_asr(expdir: Path, evaluate_log: str, train_log: str, split: str) -> Di
 
 
 # ----------------------------------------------------------------------------- one run
-def run_logged(cmd: List[str], log: Path, env: Dict[str, str], cwd: Path) -> Tuple[int, float]:
-    start = time.time()
+def run_in_process(cmd: List[str], log: Path, cwd: Path) -> Tuple[int, float]:
+    """Run ``python -m MODULE ARGS`` (an s3prl_upstream entry point) in this process, its stdout
+    and stderr (file descriptors 1 and 2) sent to ``log``: s3prl.hub is imported once per worker
+    process instead of once per run (~25 s of CPU each on these machines). s3prl's runner wraps
+    ``builtins.isinstance`` at every start (``hack_isinstance``, a DDP workaround); the wrapper is
+    undone after each run, or they would nest and slow every later run down."""
+    import builtins
+
+    from s3prl_upstream import problem, run_downstream
+
+    entry = {"s3prl_upstream.run_downstream": run_downstream.main, "s3prl_upstream.problem": problem.main}[cmd[2]]
+    start, here = time.time(), os.getcwd()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    isinstance_before = builtins.isinstance
+    rc = 0
     with open(log, "w", encoding="utf-8") as f:
         f.write("# " + " ".join(cmd) + "\n")
         f.flush()
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(cwd))
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            os.chdir(cwd)
+            entry(cmd[3:])
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception:  # noqa: BLE001 (reported in the log; the caller raises with its path)
+            traceback.print_exc()
+            rc = 1
+        finally:
+            builtins.isinstance = isinstance_before
+            os.chdir(here)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
     return rc, time.time() - start
 
 
-def train_command(spec: str, task: str, config: Path, expdir: Path, overrides: List[str], args) -> List[str]:
+def train_command(spec: str, task: str, config: Path, expdir: Path, overrides: List[str], args, seed: int) -> List[str]:
     info = TASKS[task]
     if "problem" in info:
         cmd = problem_runner(args.python, info["problem"]) + ["--config", str(config), "--target_dir", str(expdir)]
-        return cmd + problem_upstream_args(spec) + ["--train.seed", str(args.seed)] + overrides
+        return cmd + problem_upstream_args(spec) + ["--train.seed", str(seed)] + overrides
     cmd = runner(args.python) + ["-m", "train"] + upstream_args(spec)
     cmd += ["-d", info["downstream"], "-c", str(config), "-p", str(expdir), "--device", "cpu"]
-    return cmd + ["--seed", str(args.seed), "-o", ",,".join(overrides)]
+    return cmd + ["--seed", str(seed), "-o", ",,".join(overrides)]
 
 
 def runner_checkpoint(expdir: Path, best: str) -> Path:
@@ -265,14 +299,41 @@ def runner_checkpoint(expdir: Path, best: str) -> Path:
     return states[-1]
 
 
-def evaluate_one(model: str, spec: str, task: str, args: argparse.Namespace, env: Dict[str, str]) -> Dict[str, Any]:
+def unseen_data(task: str, data: Path) -> Optional[Path]:
+    """The layout's held-out-voices test split, if it has one (IC has none)."""
+    path = data / {"ks": "test_unseen", "asr": "test-other", "pr": "test_unseen.csv"}.get(task, "-")
+    return path if path.exists() else None
+
+
+def run_name(model: str, task: str, seed: int) -> str:
+    return f"{model}_{task}_seed{seed}"
+
+
+def evaluate_runner(
+    task: str, expdir: Path, split: str, overrides: List[str], log: Path, args: argparse.Namespace
+) -> Tuple[Path, float]:
+    checkpoint = runner_checkpoint(expdir, TASKS[task]["best"])
+    cmd = runner(args.python) + ["-m", "evaluate", "-t", split, "-e", str(checkpoint), "--device", "cpu"]
+    if overrides:
+        cmd += ["-o", ",,".join(overrides)]
+    rc, seconds = run_in_process(cmd, log, args.cwd)
+    if rc != 0:
+        raise RuntimeError(f"[{expdir.name}] evaluation on {split} failed (exit {rc}); see {log}")
+    return checkpoint, seconds
+
+
+def evaluate_one(model: str, spec: str, task: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
     info = TASKS[task]
     problem = "problem" in info
-    expdir = (args.out / f"{model}_{task}").resolve()
-    result_path = args.out / f"{model}_{task}.json"
+    name = run_name(model, task, seed)
+    expdir = (args.out / name).resolve()
+    result_path = args.out / f"{name}.json"
     config = Path(getattr(args, f"{task}_config")).resolve()
     data = getattr(args, f"{task}_data").resolve()
+    unseen = unseen_data(task, data)
     overrides = data_overrides(task, data, args.dict_path.resolve()) + schedule_overrides(args.steps, problem)
+    if problem and unseen is not None:
+        overrides += ["--prepare_data.test_sets", "['test', 'test_unseen']"]
     settings = {
         "model": model,
         "task": task,
@@ -280,47 +341,57 @@ def evaluate_one(model: str, spec: str, task: str, args: argparse.Namespace, env
         "data": str(data),
         "config": str(config),
         "overrides": overrides,
-        "seed": args.seed,
+        "seed": seed,
     }
     if result_path.is_file():
         previous = json.loads(result_path.read_text(encoding="utf-8"))
         if {k: previous.get(k) for k in settings} == settings and previous.get("value") is not None:
-            print(f"[{model}/{task}] done before, skipped", flush=True)
+            print(f"[{name}] done before, skipped", flush=True)
             return previous
     done = expdir / "train.done"
     if done.is_file() and json.loads(read(done) or "{}") != settings:
         done.unlink()
-    train_log, evaluate_log = expdir / "train.log", expdir / "evaluate.log"
+    train_log, evaluate_log, unseen_log = expdir / "train.log", expdir / "evaluate.log", expdir / "evaluate_unseen.log"
     train_seconds = None
     if not done.is_file():
         if expdir.exists():
             shutil.rmtree(expdir)
         expdir.mkdir(parents=True)
-        if problem:  # SuperbPR from stage 1 reads {train,dev,test}.csv in its target dir
-            for split in ("train", "dev", "test"):
-                shutil.copyfile(data / f"{split}.csv", expdir / f"{split}.csv")
-        print(f"[{model}/{task}] train -> {train_log}", flush=True)
-        rc, train_seconds = run_logged(train_command(spec, task, config, expdir, overrides, args), train_log, env, args.cwd)
+        if problem:  # SuperbPR from stage 1 reads {train,dev,test[,test_unseen]}.csv in its target dir
+            for csv_path in [data / f"{split}.csv" for split in ("train", "dev", "test")] + ([unseen] if unseen else []):
+                shutil.copyfile(csv_path, expdir / csv_path.name)
+        print(f"[{name}] train -> {train_log}", flush=True)
+        rc, train_seconds = run_in_process(train_command(spec, task, config, expdir, overrides, args, seed), train_log, args.cwd)
         if rc != 0:
-            raise RuntimeError(f"[{model}/{task}] training failed (exit {rc}); see {train_log}")
+            raise RuntimeError(f"[{name}] training failed (exit {rc}); see {train_log}")
         done.write_text(json.dumps(settings), encoding="utf-8")
     evaluate_seconds = None
+    unseen_parsed: Dict[str, Any] = {}
     if problem:  # trained and tested in one call
         checkpoint = expdir / "train" / "valid_best"
         parsed = parse_problem(expdir, info["split"], info["metric"])
+        if unseen is not None:
+            unseen_parsed = parse_problem(expdir, "test_unseen", info["metric"])
     else:
-        checkpoint = runner_checkpoint(expdir, info["best"])
-        cmd = runner(args.python) + ["-m", "evaluate", "-t", info["split"], "-e", str(checkpoint), "--device", "cpu"]
-        print(f"[{model}/{task}] evaluate {checkpoint.name} on {info['split']} -> {evaluate_log}", flush=True)
-        rc, evaluate_seconds = run_logged(cmd, evaluate_log, env, args.cwd)
-        if rc != 0:
-            raise RuntimeError(f"[{model}/{task}] evaluation failed (exit {rc}); see {evaluate_log}")
+        print(f"[{name}] evaluate on {info['split']} -> {evaluate_log}", flush=True)
+        checkpoint, evaluate_seconds = evaluate_runner(task, expdir, info["split"], [], evaluate_log, args)
         if task == "asr":
             parsed = parse_asr(expdir, read(evaluate_log), read(train_log), info["split"])
         else:
             parsed = parse_ks(expdir, read(evaluate_log))
+        if unseen is not None:  # after the in-domain test: KS appends its test lines to log.log
+            print(f"[{name}] evaluate on the unseen voices -> {unseen_log}", flush=True)
+            if task == "asr":
+                evaluate_runner(task, expdir, "test-other", [], unseen_log, args)
+                unseen_parsed = parse_asr(expdir, read(unseen_log), "", "test-other")
+            else:
+                root = f"config.downstream_expert.datarc.speech_commands_test_root={str(unseen)!r}"
+                evaluate_runner(task, expdir, "test", [root], unseen_log, args)
+                unseen_parsed = {"value": last_float(r"^test acc: ([0-9.eE+-]+)", read(unseen_log))}
     if parsed["value"] is None:
-        raise RuntimeError(f"[{model}/{task}] no {info['metric']} on {info['split']} in {expdir}")
+        raise RuntimeError(f"[{name}] no {info['metric']} on {info['split']} in {expdir}")
+    if unseen is not None and unseen_parsed.get("value") is None:
+        raise RuntimeError(f"[{name}] no {info['metric']} on the unseen voices ({unseen}) in {expdir}")
     result = dict(
         settings,
         metric=info["metric"],
@@ -332,13 +403,20 @@ def evaluate_one(model: str, spec: str, task: str, args: argparse.Namespace, env
         train_seconds=round(train_seconds, 1) if train_seconds is not None else None,
         evaluate_seconds=None if evaluate_seconds is None else round(evaluate_seconds, 1),
     )
+    if unseen is not None:
+        result["unseen"] = {k: v for k, v in unseen_parsed.items() if k != "dev_best"}
     if train_seconds is None and result_path.is_file():  # keep the training time of an earlier call
         result["train_seconds"] = json.loads(result_path.read_text(encoding="utf-8")).get("train_seconds")
     result_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    value = parsed["value"]
-    shown = f"{100 * value:.2f} % accuracy" if info["metric"] == "accuracy" else f"{info['metric'].upper()} {value:.2f} %"
-    print(f"[{model}/{task}] {info['split']}: {shown} ({checkpoint.name})", flush=True)
+    shown = [format_metric(info["metric"], parsed["value"])]
+    if unseen is not None:
+        shown.append("unseen voices " + format_metric(info["metric"], unseen_parsed["value"]))
+    print(f"[{name}] {info['split']}: {', '.join(shown)} ({checkpoint.name})", flush=True)
     return result
+
+
+def format_metric(metric: str, value: float) -> str:
+    return f"{100 * value:.2f} % accuracy" if metric == "accuracy" else f"{metric.upper()} {value:.2f} %"
 
 
 def total_steps(config: Path, overrides: List[str]) -> Optional[int]:
@@ -375,8 +453,11 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="runs in OUT/<model>_<task>/, results in OUT/<model>_<task>.json"
     )
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--nj", type=int, default=1, help="runs at a time (each gets OMP threads / nj)")
+    parser.add_argument("--seed", type=int, default=1337, help="the first seed; more seeds count up from it")
+    parser.add_argument("--seeds", nargs="*", default=[], metavar="TASK=N",
+                        help="seeds per task (default 1 each), e.g. ks=3 asr=1 pr=2")
+    parser.add_argument("--nj", type=int, default=1, help="worker processes (each gets OMP threads / nj)")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a worker's runs: MODEL/TASK/SEED,...
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
 
@@ -386,6 +467,12 @@ def main() -> None:
         if not sep or not name or not spec:
             parser.error(f"--models: expected NAME=MODEL_DIR or NAME=s3prl:UPSTREAM, got {item!r}")
         models.append((name, spec))
+    seeds_per_task = {task: 1 for task in args.tasks}
+    for item in args.seeds:
+        task, sep, count = item.partition("=")
+        if not sep or task not in TASKS or not count.isdigit() or int(count) < 1:
+            parser.error(f"--seeds: expected TASK=N with TASK one of {sorted(TASKS)} and N >= 1, got {item!r}")
+        seeds_per_task[task] = int(count)
     for task in args.tasks:
         if getattr(args, f"{task}_data") is None:
             parser.error(f"--{task}_data is needed for task {task}")
@@ -398,32 +485,55 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     args.cwd = args.out.resolve()  # s3prl writes nothing relative to the cwd with -p, but keep it out of the repo
 
-    env = dict(os.environ)
-    threads = int(env.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
-    env["OMP_NUM_THREADS"] = str(max(1, threads // max(1, args.nj)))
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    threads_each = env["OMP_NUM_THREADS"]
-    print(f"{len(models)} models x {len(args.tasks)} tasks, {args.nj} at a time, OMP_NUM_THREADS={threads_each}", flush=True)
+    # longest runs first (ASR, then PR / IC, then KS): the workers finish closer together
+    cost = {"asr": 4, "pr": 3, "ic": 2, "ks": 1}
+    specs = dict(models)
+    jobs = [(m, specs[m], t, args.seed + k) for t in args.tasks for k in range(seeds_per_task[t]) for m, _ in models]
+    jobs.sort(key=lambda job: -cost[job[2]])
+    if args.only is not None:
+        wanted = set(args.only.split(","))
+        run_worker([job for job in jobs if f"{job[0]}/{job[2]}/{job[3]}" in wanted], args)
+        return
+    run_workers(jobs, cost, args)
 
-    # longest runs first (ASR, then PR / IC, then KS): two workers finish closer together
-    longest_first = {"asr": 0, "pr": 1, "ic": 2, "ks": 3}
-    jobs = sorted(((m, spec, t) for m, spec in models for t in args.tasks), key=lambda job: longest_first[job[2]])
+
+def run_worker(jobs: List[Tuple[str, str, str, int]], args: argparse.Namespace) -> None:
+    """Run ``jobs`` one after the other in this process; exit 1 if any failed (the others still run)."""
     failures = []
-
-    def work(job):
+    for job in jobs:
         try:
-            return evaluate_one(*job[:3], args, env)
+            evaluate_one(*job, args)
         except Exception as exc:  # one failed run does not stop the others
             failures.append(str(exc))
             print(str(exc), file=sys.stderr, flush=True)
-            return None
-
-    start = time.time()
-    with ThreadPoolExecutor(max_workers=max(1, args.nj)) as pool:
-        list(pool.map(work, jobs))
-    print(f"SUPERB runs: {time.time() - start:.0f} s", flush=True)
     if failures:
         raise SystemExit(f"{len(failures)} of {len(jobs)} runs failed:\n" + "\n".join(failures))
+
+
+def run_workers(jobs: List[Tuple[str, str, str, int]], cost: Dict[str, int], args: argparse.Namespace) -> None:
+    """Share the runs out between ``--nj`` worker processes (longest first, each to the least
+    loaded worker) and wait for them; each worker gets OMP_NUM_THREADS / nj threads."""
+    nj = max(1, min(args.nj, len(jobs)))
+    env = dict(os.environ)
+    threads = int(env.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    env["OMP_NUM_THREADS"] = str(max(1, threads // nj))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    groups: List[List[str]] = [[] for _ in range(nj)]
+    loads = [0] * nj
+    for model, _, task, seed in jobs:
+        k = loads.index(min(loads))
+        groups[k].append(f"{model}/{task}/{seed}")
+        loads[k] += cost[task]
+    runs_per_task = {t: sum(1 for j in jobs if j[2] == t) for t in args.tasks}
+    print(f"{len(jobs)} runs ({', '.join(f'{t}: {n}' for t, n in runs_per_task.items())}) on {nj} worker process(es), "
+          f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}", flush=True)
+    start = time.time()
+    argv = [args.python, str(Path(__file__).resolve()), *sys.argv[1:]]
+    workers = [subprocess.Popen(argv + ["--only", ",".join(group)], env=env) for group in groups if group]
+    codes = [worker.wait() for worker in workers]
+    print(f"SUPERB runs: {time.time() - start:.0f} s", flush=True)
+    if any(codes):
+        raise SystemExit(f"{sum(1 for c in codes if c)} of {len(workers)} workers had failed runs (see above)")
 
 
 if __name__ == "__main__":

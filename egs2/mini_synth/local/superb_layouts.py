@@ -4,16 +4,19 @@
     --task ks:  Speech Commands v1 folders. ``train/WORD/<speaker>_nohash_<n>.wav`` (1 s clips;
                 s3prl takes dev speakers out of it by a hash of the speaker id, so train and dev
                 speakers get ids that hash to their split), ``train/_background_noise_/``,
-                and ``test/{WORD,_unknown_,_silence_}/``.
-    --task asr: a LibriSpeech tree (``train-clean-100``, ``dev-clean``, ``test-clean``;
+                ``test/{WORD,_unknown_,_silence_}/`` and, for the held-out voices, the same
+                folders under ``test_unseen/``.
+    --task asr: a LibriSpeech tree (``train-clean-100``, ``dev-clean``, ``test-clean``, and
+                ``test-other`` for the held-out voices;
                 ``<spk>/<chapter>/<spk>-<chapter>-<n>.flac`` + ``<spk>-<chapter>.trans.txt``)
                 the bucket CSVs ``len_for_bucket/<split>.csv`` the ASR downstream reads and its
                 character dictionary ``char.dict`` (fairseq format: ``char count`` per line, most
                 frequent first, ``|`` for the word boundary) over the corpus' transcripts.
     --task ic:  Fluent Speech Commands: ``data/{train,valid,test}_data.csv`` (path, speakerId,
                 transcription, action, object, location) and ``wavs/speakers/<spk>/<utt>.wav``
-                from the corpus' spoken commands, split by the corpus' speaker split.
-    --task pr:  ``{train,dev,test}.csv`` (id, wav_path, transcription) for s3prl's problem API
+                from the corpus' spoken commands, split by the corpus' speaker split (the held-out
+                voices are left out).
+    --task pr:  ``{train,dev,test,test_unseen}.csv`` (id, wav_path, transcription) for s3prl's problem API
                 (SuperbPR from stage 1): the sentences' phonemes from a word lexicon made with
                 espeak-ng (en-us, stress marks dropped), one space between phonemes - like
                 SUPERB's G2P lexicon, a function of the text whoever speaks it. SuperbPR takes
@@ -36,12 +39,18 @@ from espnet_plugin.utils.audio import SAMPLE_RATE, espeak_phonemes, read_audio
 from espnet_plugin.utils.kaldi_data import read_scp
 
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
-LIBRISPEECH_SPLITS = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}
+LIBRISPEECH_SPLITS = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean", "test_unseen": "test-other"}
+#: the corpus' splits; test_unseen (the held-out voice family) may be absent
+SPLITS = ("train", "dev", "test", "test_unseen")
 FLUENT_SPLITS = {"train": "train", "dev": "valid", "test": "test"}
 
 
+def corpus_splits(data: Path) -> List[str]:
+    return [split for split in SPLITS if (data / split / "utt2spk").is_file()]
+
+
 def speaker_splits(data: Path) -> Dict[str, str]:
-    return {spk: split for split in ("train", "dev", "test") for _, spk in read_scp(data / split / "utt2spk")}
+    return {spk: split for split in corpus_splits(data) for _, spk in read_scp(data / split / "utt2spk")}
 
 
 def hash_split(speaker_id: str) -> str:
@@ -74,7 +83,7 @@ def write(path: Path, wav: np.ndarray) -> None:
 
 def speech_commands(data: Path, out: Path, seed: int) -> None:
     splits = speaker_splits(data)
-    ids = {"train": hash_ids("train"), "dev": hash_ids("dev"), "test": hash_ids("train")}
+    ids = {"train": hash_ids("train"), "dev": hash_ids("dev"), "test": hash_ids("train"), "test_unseen": hash_ids("train")}
     speaker_id = {spk: next(ids[split]) for spk, split in sorted(splits.items())}
     texts = dict(read_scp(data / "keywords" / "text"))
     utt2spk = dict(read_scp(data / "keywords" / "utt2spk"))
@@ -83,22 +92,25 @@ def speech_commands(data: Path, out: Path, seed: int) -> None:
         spk, word = utt2spk[utt], texts[utt]
         n = counts[(spk, word)] = counts.get((spk, word), -1) + 1
         name = f"{speaker_id[spk]}_nohash_{n}.wav"
-        if splits[spk] == "test":
-            target = out / "test" / (word if word in KEYWORDS else "_unknown_") / name
+        if splits[spk] in ("test", "test_unseen"):
+            target = out / splits[spk] / (word if word in KEYWORDS else "_unknown_") / name
         else:
             target = out / "train" / word / name
         write(target, one_second(read_audio(path).numpy()))
     rng = np.random.default_rng(seed)
     for k in range(4):  # background noise for the _silence_ class (cropped to random seconds)
         write(out / "train" / "_background_noise_" / f"noise_{k}.wav", (rng.standard_normal(5 * SAMPLE_RATE) * 0.05).astype(np.float32))
-    for k in range(max(1, sum(1 for s in splits.values() if s == "test"))):
-        write(out / "test" / "_silence_" / f"{k:08x}_nohash_0.wav", (rng.standard_normal(SAMPLE_RATE) * 0.02).astype(np.float32))
+    for split in sorted(set(splits.values()) & {"test", "test_unseen"}):
+        for k in range(max(1, sum(1 for s in splits.values() if s == split))):
+            silence = (rng.standard_normal(SAMPLE_RATE) * 0.02).astype(np.float32)
+            write(out / split / "_silence_" / f"{k:08x}_nohash_0.wav", silence)
 
 
 def librispeech(data: Path, out: Path) -> None:
     (out / "len_for_bucket").mkdir(parents=True, exist_ok=True)
     char_counts: Dict[str, int] = {}
-    for split, name in LIBRISPEECH_SPLITS.items():
+    for split in corpus_splits(data):
+        name = LIBRISPEECH_SPLITS[split]
         texts = dict(read_scp(data / split / "text"))
         utt2spk = dict(read_scp(data / split / "utt2spk"))
         by_speaker: Dict[str, List[Tuple[str, str]]] = {}
@@ -138,6 +150,8 @@ def fluent_commands(data: Path, out: Path) -> None:
     rows: Dict[str, List[List[str]]] = {name: [] for name in FLUENT_SPLITS.values()}
     for utt, path in read_scp(data / "commands" / "wav.scp"):
         spk = utt2spk[utt]
+        if splits[spk] not in FLUENT_SPLITS:  # the held-out voices: not part of the IC layout
+            continue
         relative = f"wavs/speakers/{spk}/{utt}.wav"
         write(out / relative, read_audio(path).numpy())
         rows[FLUENT_SPLITS[splits[spk]]].append([relative, spk, texts[utt], *intents[utt]])
@@ -156,12 +170,12 @@ def fluent_commands(data: Path, out: Path) -> None:
 
 
 def phoneme_csvs(data: Path, out: Path) -> None:
-    texts = {split: list(read_scp(data / split / "text")) for split in ("train", "dev", "test")}
+    texts = {split: list(read_scp(data / split / "text")) for split in corpus_splits(data)}
     words = sorted({w for lines in texts.values() for _, text in lines for w in text.split()})
     lexicon = {w: espeak_phonemes(w) for w in tqdm(words, desc="espeak-ng lexicon", unit="word")}
     out.mkdir(parents=True, exist_ok=True)
     train_phonemes = set()
-    for split in ("train", "dev", "test"):
+    for split in texts:
         wavs = dict(read_scp(data / split / "wav.scp"))
         rows, dropped = [], []
         for utt, text in texts[split]:
