@@ -27,7 +27,7 @@ $(STAMP): setup.py
 venv: system-deps $(STAMP)
 
 # The main job: the embedded egs2/mini_synth recipe, end to end, into egs2/mini_synth/exp
-# (re-running skips finished stages; EXP=dir and RECIPE_ARGS="--stage 9 ..." pass through).
+# (re-running skips finished stages; EXP=dir and RECIPE_ARGS="--stage 7 ..." pass through).
 EXP ?= exp
 RECIPE_ARGS ?=
 demo: venv

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 import yaml
@@ -23,7 +24,8 @@ from espnet_plugin.utils.audio import espeak_phonemes
 from espnet_plugin.utils.kaldi_data import read_scp
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "mini_synth"
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+needs_espeak = pytest.mark.skipif(  # the corpus speaks with both synthesisers (`make` installs them)
+    shutil.which("espeak-ng") is None or shutil.which("flite") is None, reason="needs espeak-ng and flite")
 
 
 def load_local(name: str):
@@ -73,11 +75,19 @@ def test_corpus_is_deterministic_for_a_seed(corpus, tmp_path):
 
 @needs_espeak
 def test_corpus_splits_speakers_and_covers_every_intent(corpus):
-    speakers = {split: {s for _, s in read_scp(corpus / split / "utt2spk")} for split in ("train", "dev", "test")}
-    assert speakers["dev"] and speakers["test"] and len(speakers["train"]) == 6
-    assert not (speakers["train"] & speakers["dev"]) and not (speakers["train"] & speakers["test"])
-    assert not (speakers["dev"] & speakers["test"])
-    for split in ("train", "dev", "test", "keywords", "commands"):
+    splits = ("train", "dev", "test", "test_unseen")
+    speakers = {split: {s for _, s in read_scp(corpus / split / "utt2spk")} for split in splits}
+    assert speakers["dev"] and speakers["test"] and len(speakers["train"]) == 6 and len(speakers["test_unseen"]) == 4
+    for i, a in enumerate(splits):  # every split has its own speakers
+        assert all(not (speakers[a] & speakers[b]) for b in splits[i + 1:])
+    # voice families: the held-out one (flite's kal voices) is only in test_unseen; train has both others
+    table = [line.split("\t") for line in (corpus / "speakers.tsv").read_text().splitlines()[1:]]
+    family = {row[0]: row[1] for row in table}
+    assert {family[s] for s in speakers["test_unseen"]} == {"flite-kal"}
+    assert {family[s] for s in speakers["train"]} == {"espeak-ng", "flite-arctic"}
+    assert {family[s] for split in ("dev", "test") for s in speakers[split]} == {"espeak-ng"}
+    assert {row[3] for row in table if row[1] == "flite-kal"} == {"kal", "kal16"}
+    for split in splits + ("keywords", "commands"):
         utts = [u for u, _ in read_scp(corpus / split / "wav.scp")]
         shapes = dict(read_scp(corpus / split / "speech_shape"))
         assert utts and set(shapes) == set(utts)
@@ -88,7 +98,7 @@ def test_corpus_splits_speakers_and_covers_every_intent(corpus):
     assert words == set(synth_corpus.KEYWORDS + synth_corpus.UNKNOWN_WORDS)
     intents = [line.split("\t") for line in (corpus / "commands" / "intent").read_text().splitlines()]
     texts = dict(read_scp(corpus / "commands" / "text"))
-    assert len(intents) == 8 * 15
+    assert len(intents) == (8 + 4) * 15
     per_speaker = {}
     for utt, action, obj, location in intents:
         per_speaker.setdefault(utt.split("-")[0], set()).add((action, obj))
@@ -97,7 +107,30 @@ def test_corpus_splits_speakers_and_covers_every_intent(corpus):
     assert all(pairs == expected for pairs in per_speaker.values())  # 15 per speaker: every intent
 
 
-# ----------------------------------------------------------------------------- stage 8
+def test_perturbations_keep_what_they_promise():
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    wav = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    assert abs(len(synth_corpus.speed_perturb(wav, 1.1)) - 16000 / 1.1) < 1  # faster: shorter
+    assert abs(len(synth_corpus.speed_perturb(wav, 0.9)) - 16000 / 0.9) < 1
+    assert synth_corpus.speed_perturb(wav, 1.0) is wav
+    wet = synth_corpus.reverberate(wav, 0.4, rng)
+    assert len(wet) == len(wav) and np.isclose(np.mean(wet**2), np.mean(wav**2), rtol=1e-3)
+    assert not np.allclose(wet, wav)
+    spectra = {}
+    for kind in synth_corpus.NOISE_KINDS:
+        noise = synth_corpus.make_noise(kind, 16000, rng)
+        power = np.abs(np.fft.rfft(noise)) ** 2
+        freqs = np.fft.rfftfreq(16000, 1 / 16000)
+        spectra[kind] = power[(freqs > 50) & (freqs < 500)].sum() / power[(freqs > 2000) & (freqs < 8000)].sum()
+        mixed = synth_corpus.add_noise(wav, noise, 10.0)
+        snr = 10 * np.log10(np.mean(wav**2) / np.mean((mixed - wav) ** 2))
+        assert abs(snr - 10.0) < 0.01, kind
+    # low- vs high-frequency power: brown > pink > white; hum is all low frequencies
+    assert spectra["brown"] > spectra["pink"] > spectra["white"] and spectra["hum"] > 100 * spectra["white"]
+
+
+# ----------------------------------------------------------------------------- stage 6 (layouts)
 @needs_espeak
 def test_speech_commands_layout(corpus, tmp_path):
     out = tmp_path / "ks"
@@ -114,6 +147,13 @@ def test_speech_commands_layout(corpus, tmp_path):
     assert all(superb_layouts.hash_split(i) in ("train", "dev") for i in ids)
     wav, rate = soundfile.read(next((out / "test" / "yes").iterdir()))
     assert rate == 16000 and len(wav) == 16000
+    # test splits are balanced as Speech Commands' is: per speaker, each keyword, _unknown_ (the
+    # first unknown words) and one _silence_ clip; the held-out voices likewise under test_unseen/
+    assert {p.name for p in (out / "test_unseen").iterdir()} == test_classes
+    for split in ("test", "test_unseen"):
+        speakers = sum(s == split for s in splits.values())
+        per_class = {p.name: len(list(p.iterdir())) for p in (out / split).iterdir()}
+        assert per_class == {**{c: speakers for c in test_classes}}  # keyword_reps=1 in SYNTH_ARGS
 
 
 @needs_espeak
@@ -129,7 +169,7 @@ def test_librispeech_layout(corpus, tmp_path):
         assert lengths == sorted(lengths, reverse=True)
         assert lengths[0] == soundfile.info(out / rows[0]["file_path"]).frames
     transcripts = [line.split(" ", 1)[1] for t in out.glob("*/*/*/*.trans.txt") for line in t.read_text().splitlines()]
-    corpus_texts = {text.upper() for split in ("train", "dev", "test") for _, text in read_scp(corpus / split / "text")}
+    corpus_texts = {text.upper() for split in ("train", "dev", "test", "test_unseen") for _, text in read_scp(corpus / split / "text")}
     assert set(transcripts) == corpus_texts
     entries = [line.split() for line in (out / "char.dict").read_text().splitlines()]
     counts = [int(n) for _, n in entries]
@@ -143,7 +183,7 @@ def test_fluent_commands_layout(corpus, tmp_path):
     out = tmp_path / "ic"
     superb_layouts.fluent_commands(corpus, out)
     tables = {name: list(csv.DictReader(open(out / "data" / f"{name}_data.csv"))) for name in ("train", "valid", "test")}
-    assert sum(map(len, tables.values())) == 8 * 15
+    assert sum(map(len, tables.values())) == 8 * 15  # the 4 held-out speakers are not in the IC layout
     for name in ("valid", "test"):
         for slot in ("action", "object", "location"):
             assert {r[slot] for r in tables[name]} <= {r[slot] for r in tables["train"]}
@@ -174,7 +214,7 @@ def test_fluent_commands_layout_names_values_unseen_in_train(tmp_path):
 def test_phoneme_csvs(corpus, tmp_path):
     out = tmp_path / "pr"
     superb_layouts.phoneme_csvs(corpus, out)
-    tables = {split: list(csv.DictReader(open(out / f"{split}.csv"))) for split in ("train", "dev", "test")}
+    tables = {split: list(csv.DictReader(open(out / f"{split}.csv"))) for split in ("train", "dev", "test", "test_unseen")}
     vocabulary = {p for row in tables["train"] for p in row["transcription"].split()}
     assert [r["id"] for r in tables["train"]] == [u for u, _ in read_scp(corpus / "train" / "text")]
     for split, rows in tables.items():  # dev / test keep the utterances whose phonemes train has
@@ -190,7 +230,7 @@ def test_phoneme_csvs(corpus, tmp_path):
     assert espeak_phonemes("yes") == espeak_phonemes("yes") != []
 
 
-# ----------------------------------------------------------------------------- stage 9 bookkeeping
+# ----------------------------------------------------------------------------- stage 7 bookkeeping
 def test_alignment_counts_and_error_table():
     assert evaluate_superb.align_counts("a b c d".split(), "a x c d e".split()) == (3, 1, 0, 1)
     assert evaluate_superb.align_counts("a b c".split(), []) == (0, 0, 3, 0)
@@ -264,9 +304,51 @@ def test_evaluate_superb_rejects_bad_model_specs(tmp_path):
     result = subprocess.run([sys.executable, str(RECIPE / "local" / "evaluate_superb.py"), "--out", str(tmp_path),
                              "--models", "t=/x", "--tasks", "ic"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--ic_data is needed for task ic" in result.stderr
+    result = subprocess.run([sys.executable, str(RECIPE / "local" / "evaluate_superb.py"), "--out", str(tmp_path),
+                             "--models", "t=/x", "--tasks", "ks", "--ks_data", str(tmp_path), "--seeds", "ks=0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--seeds: expected TASK=N" in result.stderr
 
 
-# ----------------------------------------------------------------------------- stage 10
+def test_runs_in_process_are_logged_isolated_and_undo_s3prls_isinstance_hack(tmp_path, monkeypatch):
+    """A worker runs s3prl's entry points one after the other in its own process: each run's
+    stdout / stderr go to its log, its exit status comes back, and the builtins.isinstance
+    wrapper s3prl installs at every start is undone (nested wrappers slowed later runs down)."""
+    import builtins
+
+    from s3prl_upstream import run_downstream
+
+    original = builtins.isinstance
+
+    def fake_main(argv):
+        wrapped = builtins.isinstance
+        builtins.isinstance = lambda obj, cls: wrapped(obj, cls)  # what s3prl's hack_isinstance does
+        print("stdout of", argv)
+        print("stderr line", file=sys.stderr)
+        raise SystemExit(3 if argv == ["fail"] else 0)
+
+    monkeypatch.setattr(run_downstream, "main", fake_main)
+    cmd = [sys.executable, "-m", "s3prl_upstream.run_downstream"]
+    for argv, code in ((["ok"], 0), (["fail"], 3)):
+        log = tmp_path / f"{argv[0]}.log"
+        rc, seconds = evaluate_superb.run_in_process(cmd + argv, log, tmp_path)
+        assert rc == code and seconds >= 0
+        assert builtins.isinstance is original
+        text = log.read_text()
+        assert text.startswith("# " + " ".join(cmd + argv)) and f"stdout of {argv}" in text and "stderr line" in text
+    assert os.getcwd() != str(tmp_path)  # the working directory is given back too
+
+
+def test_unseen_splits_and_run_names(tmp_path):
+    assert evaluate_superb.unseen_data("ks", tmp_path) is None  # a layout without held-out voices
+    for task, name in (("ks", "test_unseen"), ("asr", "test-other"), ("pr", "test_unseen.csv")):
+        (tmp_path / name).touch()
+        assert evaluate_superb.unseen_data(task, tmp_path) == tmp_path / name
+    assert evaluate_superb.unseen_data("ic", tmp_path) is None  # IC has no unseen-voices split
+    assert evaluate_superb.run_name("compressed_macs", "ks", 2) == "compressed_macs_ks_seed2"
+
+
+# ----------------------------------------------------------------------------- stage 8 (report)
 def superb_json(exp: Path, model: str, task: str, seed: int = 0, **fields) -> None:
     (exp / "superb").mkdir(parents=True, exist_ok=True)
     run = dict(model=model, task=task, seed=seed, checkpoint=f"/x/{task}.ckpt", total_steps=10, **fields)
@@ -343,14 +425,16 @@ def test_run_sh_stages_skip_when_done_and_reject_unknown_options(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     labels = dict(read_scp(tmp_path / "exp" / "corpus" / "data" / "train" / "hubert_labels"))
     assert labels and len((tmp_path / "exp" / "hubert_tokens.txt").read_text().split()) == 8 + 1  # + <unk>
-    layouts = run_sh("--stage", "8", "--stop_stage", "8")
+    layouts = run_sh("--stage", "6", "--stop_stage", "6")
     assert layouts.returncode == 0, layouts.stderr[-3000:]
     superb_data = tmp_path / "exp" / "superb_data"
-    for expected in ("ks/test/yes", "asr/len_for_bucket/train-clean-100.csv", "ic/data/train_data.csv", "pr/test.csv"):
+    for expected in ("ks/test/yes", "ks/test_unseen/yes", "asr/len_for_bucket/train-clean-100.csv",
+                     "asr/len_for_bucket/test-other.csv", "ic/data/train_data.csv", "pr/test.csv", "pr/test_unseen.csv"):
         assert (superb_data / expected).exists(), expected
     again = run_sh("--stop_stage", "2")
     assert again.returncode == 0
-    assert "stage 1 (synthesise the corpus with espeak-ng): done before, skipped" in again.stdout
+    assert "stage 1 (synthesise the corpus with espeak-ng and flite" in again.stdout
+    assert "done before, skipped" in again.stdout.split("stage 1 (", 1)[1].splitlines()[0]
     assert "stage 2 (MFCC k-means targets for HuBERT): done before, skipped" in again.stdout
     wrong = run_sh("--stages", "3")
     assert wrong.returncode == 2 and "unknown option: --stages" in wrong.stderr

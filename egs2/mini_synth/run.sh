@@ -6,8 +6,9 @@
 # baseline and an fbank control on SUPERB KS (several seeds), ASR and PR (IC on request) with
 # s3prl (runner, problem API), in-domain and on the unseen voices; write RESULTS.md / results.json.
 # Nothing is downloaded (ESPNET_COMPRESS_OFFLINE=1, HF_HUB_OFFLINE=1).
-# Re-runnable: a finished stage leaves a stamp and is skipped (stages 9 and 10 have no stamp:
-# stage 9 skips each finished downstream run itself, stage 10 rewrites the report).
+# Re-runnable: a finished stage leaves a stamp and is skipped (stages 7 and 8 have no stamp:
+# stage 7 skips each finished downstream run itself, stage 8 rewrites the report; stage 5 keeps
+# each finished export).
 #
 #   bash run.sh [--stage N] [--stop_stage M] [--seed S] [--exp DIR]
 #               [--teacher_args "ESPnet options"] [--distill_args "ESPnet options"]
@@ -83,15 +84,26 @@ distill() {  # CONFIG OUTPUT_DIR [EXTRA...]
 # the two budgets: the compressed model of each (suffix of its directories, stage-1 config)
 suffix() { [ "$1" = params ] && echo "" || echo "_$1"; }
 
-prune() {  # BUDGET (params | macs): DPHuBERT stage 1 and its export
-  local s; s=$(suffix "$1")
-  distill "conf/distill_prune_stage1${s}.yaml" "${exp}/stage1${s}"
-  ${python} -m espnet_plugin.bin.export_model --config "${exp}/stage1${s}/config.yaml" \
-    --checkpoint "${exp}/stage1${s}/latest.pth" --output_dir "${exp}/stage1${s}_pruned"
-}
+exported() { [ -f "$1/config.yaml" ] && [ -f "$1/model.safetensors" ]; }
 
-final_distill() {  # BUDGET: DPHuBERT stage 2 of that budget's pruned model and its export
-  local s; s=$(suffix "$1")
+compress() {  # params | macs: DPHuBERT stage 1 (distil + prune to that budget) and stage 2 (final
+              # distillation), each exported; baseline: the DistilHuBERT-style baseline. A finished
+              # export is kept when the stage runs again.
+  local s
+  if [ "$1" = baseline ]; then
+    exported "${exp}/baseline" && return 0
+    distill conf/distilhubert.yaml "${exp}/baseline_train"
+    ${python} -m espnet_plugin.bin.export_model --config "${exp}/baseline_train/config.yaml" \
+      --checkpoint "${exp}/baseline_train/valid.loss.best.pth" --output_dir "${exp}/baseline"
+    return
+  fi
+  s=$(suffix "$1")
+  if ! exported "${exp}/stage1${s}_pruned"; then
+    distill "conf/distill_prune_stage1${s}.yaml" "${exp}/stage1${s}"
+    ${python} -m espnet_plugin.bin.export_model --config "${exp}/stage1${s}/config.yaml" \
+      --checkpoint "${exp}/stage1${s}/latest.pth" --output_dir "${exp}/stage1${s}_pruned"
+  fi
+  exported "${exp}/compressed${s}" && return 0
   distill conf/distill_prune_stage2.yaml "${exp}/stage2${s}" --student_path "${exp}/stage1${s}_pruned" \
     --init_param "${exp}/stage1${s}_pruned/distill_loss.pth"
   ${python} -m espnet_plugin.bin.export_model --config "${exp}/stage2${s}/config.yaml" \
@@ -118,40 +130,22 @@ at_once() {  # FUNCTION ARG...: FUNCTION ARG for every ARG at the same time, one
   return ${failed}
 }
 
-if run_stage 5 "DPHuBERT stage 1: distil + prune to 25 % of the teacher's params and to 25 % of its MACs"; then
-  at_once prune params macs
+if run_stage 5 "compress, three runs at once: DPHuBERT to 25 % of the teacher's params, to 25 % of its MACs, and the DistilHuBERT-style baseline"; then
+  at_once compress params macs baseline
   finish 5
-fi
-
-if run_stage 6 "DPHuBERT stage 2: final distillation of both pruned students"; then
-  at_once final_distill params macs
-  finish 6
-fi
-
-if run_stage 7 "DistilHuBERT-style baseline"; then
-  distill conf/distilhubert.yaml "${exp}/baseline_train"
-  ${python} -m espnet_plugin.bin.export_model --config "${exp}/baseline_train/config.yaml" \
-    --checkpoint "${exp}/baseline_train/valid.loss.best.pth" --output_dir "${exp}/baseline"
-  finish 7
 fi
 
 superb_data=${exp}/superb_data
 
-if run_stage 8 "SUPERB layouts: Speech Commands (KS), LibriSpeech (ASR), Fluent Commands (IC), PR CSVs"; then
+if run_stage 6 "SUPERB layouts: Speech Commands (KS), LibriSpeech (ASR), Fluent Commands (IC), PR CSVs"; then
   rm -rf "${superb_data}"
   for task in ks asr ic pr; do
     ${python} local/superb_layouts.py --task "${task}" --data "${data}" --out "${superb_data}/${task}" --seed "${seed}"
   done
-  finish 8
+  finish 6
 fi
 
-# always_stage N NAME: true when stage N is selected (no stamp: the stage skips finished work itself)
-always_stage() {
-  [ "$1" -ge "${stage}" ] && [ "$1" -le "${stop_stage}" ] || return 1
-  echo "=== stage $1: $2"
-}
-
-if always_stage 9 "SUPERB ${superb_tasks} with s3prl (runner / problem API): teacher, compressed x 2, baseline, fbank"; then
+if always_stage 7 "SUPERB ${superb_tasks} with s3prl (runner / problem API): teacher, compressed x 2, baseline, fbank"; then
   ${python} local/evaluate_superb.py --out "${exp}/superb" --seed "${seed}" --nj "${superb_nj}" --python "${python}" \
     --models teacher="${exp}/teacher" compressed="${exp}/compressed" compressed_macs="${exp}/compressed_macs" \
     baseline="${exp}/baseline" fbank=s3prl:fbank_no_cmvn --seeds ${superb_seeds} \
@@ -159,6 +153,6 @@ if always_stage 9 "SUPERB ${superb_tasks} with s3prl (runner / problem API): tea
     --ic_data "${superb_data}/ic" --pr_data "${superb_data}/pr" ${superb_steps:+--steps "${superb_steps}"}
 fi
 
-if always_stage 10 "report: RESULTS.md, results.json, figures/"; then
+if always_stage 8 "report: RESULTS.md, results.json, figures/"; then
   ${python} local/report.py --exp "${exp}"
 fi

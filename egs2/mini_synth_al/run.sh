@@ -43,6 +43,7 @@ mkdir -p "${exp}"
 exp=$(cd "${exp}" && pwd)
 [ -z "${compact_model}" ] || compact_model=$(cd "${compact_model}" && pwd)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export ESPNET_COMPRESS_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # nothing is downloaded (docs/s3prl_and_espnet.md)
 . ../utils/stages.sh  # run_stage N NAME, finish N (stamps in ${exp}/stamps)
 stamp_time() { date +%s > "${exp}/stamps/$1.start"; }
 

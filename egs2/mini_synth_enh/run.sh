@@ -38,6 +38,7 @@ python=${PYTHON:-python3}
 
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+export ESPNET_COMPRESS_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # nothing is downloaded (docs/s3prl_and_espnet.md)
 data=${exp}/corpus/data
 . ../utils/stages.sh  # run_stage / always_stage N NAME, finish N (stamps in ${exp}/stamps)
 

@@ -34,6 +34,7 @@ Models: ``NAME=MODEL_DIR`` (a compact model directory; upstream ``espnet_compres
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -261,11 +262,12 @@ def run_in_process(cmd: List[str], log: Path, cwd: Path) -> Tuple[int, float]:
         os.dup2(f.fileno(), 2)
         try:
             os.chdir(cwd)
-            entry(cmd[3:])
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):  # whatever sys.stdout is
+                entry(cmd[3:])
         except SystemExit as exc:
             rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except Exception:  # noqa: BLE001 (reported in the log; the caller raises with its path)
-            traceback.print_exc()
+            traceback.print_exc(file=f)
             rc = 1
         finally:
             builtins.isinstance = isinstance_before

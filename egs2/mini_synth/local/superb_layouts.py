@@ -87,16 +87,21 @@ def speech_commands(data: Path, out: Path, seed: int) -> None:
     speaker_id = {spk: next(ids[split]) for spk, split in sorted(splits.items())}
     texts = dict(read_scp(data / "keywords" / "text"))
     utt2spk = dict(read_scp(data / "keywords" / "utt2spk"))
-    counts: Dict[Tuple[str, str], int] = {}
+    counts: Dict[Tuple[str, str], int] = {}  # last clip number per (speaker, target folder)
+    keyword_reps = {}  # per speaker: how often each keyword was spoken (the test's clips per class)
+    for utt in texts:
+        if texts[utt] == KEYWORDS[0]:
+            keyword_reps[utt2spk[utt]] = keyword_reps.get(utt2spk[utt], 0) + 1
     for utt, path in read_scp(data / "keywords" / "wav.scp"):
         spk, word = utt2spk[utt], texts[utt]
-        n = counts[(spk, word)] = counts.get((spk, word), -1) + 1
-        name = f"{speaker_id[spk]}_nohash_{n}.wav"
         if splits[spk] in ("test", "test_unseen"):
-            target = out / splits[spk] / (word if word in KEYWORDS else "_unknown_") / name
+            folder = out / splits[spk] / (word if word in KEYWORDS else "_unknown_")
+            if folder.name == "_unknown_" and counts.get((spk, folder.name), -1) + 1 >= keyword_reps.get(spk, 1):
+                continue  # a balanced test set, as Speech Commands': _unknown_ as large as each keyword
         else:
-            target = out / "train" / word / name
-        write(target, one_second(read_audio(path).numpy()))
+            folder = out / "train" / word
+        n = counts[(spk, folder.name)] = counts.get((spk, folder.name), -1) + 1
+        write(folder / f"{speaker_id[spk]}_nohash_{n}.wav", one_second(read_audio(path).numpy()))
     rng = np.random.default_rng(seed)
     for k in range(4):  # background noise for the _silence_ class (cropped to random seconds)
         write(out / "train" / "_background_noise_" / f"noise_{k}.wav", (rng.standard_normal(5 * SAMPLE_RATE) * 0.05).astype(np.float32))

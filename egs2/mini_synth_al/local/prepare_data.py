@@ -61,9 +61,10 @@ def main() -> None:
 
     data = args.corpus / "data"
     if not (data / "train" / "wav.scp").is_file():
-        # sentences only: the keyword / command parts of mini_synth's corpus are not used here
+        # sentences only: the keyword / command parts and the held-out voices of mini_synth's
+        # corpus are not used here
         synthesise(args.corpus, args.num_speakers, args.utts_per_speaker, keyword_reps=0,
-                   commands_per_speaker=0, seed=args.seed)
+                   commands_per_speaker=0, seed=args.seed, num_unseen_speakers=0)
     train = read_dir(data / "train")
     utts = sorted(train["wav.scp"])
     if args.seed_utts + args.pool_utts > len(utts):
