@@ -389,6 +389,8 @@ def test_report_rows_convert_every_metric_to_percent(tmp_path):
     assert "|teacher|0|10|ic.ckpt|85.00|80.00|n/a|" in text  # dev / test accuracy of the IC table in %
     assert "|teacher|1|10|ks.ckpt|60.00|61.47|35.00|" in text  # one line per seed, with the unseen voices
     assert "- teacher vs fbank: KS acc +36.47 ± 5.00 (better)\n" in text  # fbank: KS alone
+    rows[1]["ks_accuracy"] = 53.0  # 3.47 points below the teacher, less than its spread of 5
+    assert "KS acc +3.47 ± 5.00 (better, within the spread)" in report.markdown(tmp_path, env, rows, runs, "rtf", {})
     for cost in ("params", "macs"):
         report.plot_metric_vs_cost(rows, tmp_path / f"plot_{cost}.png", cost)
         assert (tmp_path / f"plot_{cost}.png").stat().st_size > 10000

@@ -310,7 +310,8 @@ def markdown(
 
 def comparisons(rows: List[Dict[str, Any]], columns: List[Tuple[str, str]]) -> List[str]:
     """Each compressed model against the baseline and the teacher against fbank, column by column:
-    the difference of the means, with the larger of the two spreads beside it."""
+    the difference of the means, with the larger of the two spreads beside it ("within the
+    spread" when the difference is not larger)."""
     by_model = {r["model"]: r for r in rows}
     pairs = [(m, "baseline") for m in COMPRESSED] + [("teacher", "fbank")]
     out = ["", "### Comparisons (differences of the means; ± the larger spread of the two)"]
@@ -328,6 +329,8 @@ def comparisons(rows: List[Dict[str, Any]], columns: List[Tuple[str, str]]) -> L
             stds = [s for s in (a.get(f"{key}_std"), b.get(f"{key}_std")) if s is not None]
             noise = f" ± {max(stds):.2f}" if stds else ""
             verdict = "better" if better else "worse" if diff else "equal"
+            if stds and diff and abs(diff) <= max(stds):
+                verdict += ", within the spread"
             items.append(f"{heading[:-2]} {diff:+.2f}{noise} ({verdict})")
         if items:
             out.append(f"- {first} vs {second}: " + "; ".join(items))
