@@ -1,30 +1,41 @@
 #!/usr/bin/env python3
-"""SUPERB downstream runs (KS, ASR, IC, PR) for every model, with s3prl's code unchanged.
+"""SUPERB downstream runs (KS, ASR, IC, PR) for every model and seed, with s3prl's code unchanged.
 
-KS, ASR and IC go through s3prl's runner; for each model x task, in ``--out/<model>_<task>/``:
+KS, ASR and IC go through s3prl's runner; for each model x task x seed, in
+``--out/<model>_<task>_seed<S>/``:
 
     python -m s3prl_upstream.run_downstream -m train -u UPSTREAM [-k MODEL_DIR] -d TASK -c CONFIG \
-        -p EXPDIR --device cpu --seed SEED -o "DATA PATHS[,,SCHEDULE]"   > train.log
+        -p EXPDIR --device cpu --seed S -o "DATA PATHS[,,SCHEDULE]"        > train.log
     python -m s3prl_upstream.run_downstream -m evaluate [-t test-clean] -e EXPDIR/CKPT --device cpu \
                                                                         > evaluate.log
 
-(each a subprocess), then writes ``--out/<model>_<task>.json`` with the test metric parsed from
-the runner's files: KS accuracy from the ``test at step ...`` line the speech_commands expert
-appends to ``log.log``; ASR WER (and the character-level UER) from the ``test-clean wer: ...``
-lines the asr expert prints, plus an ESPnet-style word error breakdown (Snt, Wrd, Corr, Sub, Del,
-Ins, Err, S.Err) computed from the ``test-clean-noLM-{hyp,ref}.ark`` files it writes. The
-checkpoint evaluated is the dev-best one (``dev-best.ckpt`` / ``dev-clean-best.ckpt``) when the
-runner saved one, else the last ``states-*.ckpt`` (the ASR expert only saves a dev-best below
-its initial best WER of 100). IC is like KS (``fluent_commands``, accuracy from ``log.log``).
+then, when the layout has the held-out voices, the same checkpoint on them (KS: ``-t test -o
+...speech_commands_test_root=DATA/test_unseen``; ASR: ``-t test-other``) > evaluate_unseen.log,
+and writes ``--out/<model>_<task>_seed<S>.json`` with the test metric parsed from the runner's
+files: KS accuracy from the ``test at step ...`` line the speech_commands expert appends to
+``log.log`` (unseen voices: the ``test acc:`` line it prints); ASR WER (and the character-level
+UER) from the ``test-clean wer: ...`` lines the asr expert prints, plus an ESPnet-style word error
+breakdown (Snt, Wrd, Corr, Sub, Del, Ins, Err, S.Err) computed from the
+``test-clean-noLM-{hyp,ref}.ark`` files it writes. The checkpoint evaluated is the dev-best one
+(``dev-best.ckpt`` / ``dev-clean-best.ckpt``) when the runner saved one, else the last
+``states-*.ckpt`` (the ASR expert only saves a dev-best below its initial best WER of 100). IC is
+like KS (``fluent_commands``, accuracy from ``log.log``; no unseen-voices split).
 
 PR goes through s3prl's problem API, which trains and tests in one call:
 
     python -m s3prl_upstream.problem SuperbPR --config CONFIG --target_dir EXPDIR \
-        --build_upstream.name UPSTREAM --build_upstream.path_or_url MODEL_DIR --train.seed SEED
-                                                                        > train.log
+        --build_upstream.name UPSTREAM --build_upstream.path_or_url MODEL_DIR --train.seed S \
+        [--prepare_data.test_sets "['test', 'test_unseen']"]                > train.log
 
-with the layout's ``{train,dev,test}.csv`` copied into EXPDIR first; the PER (in %) is read from
-``EXPDIR/evaluate/valid_best/test/result.yaml``.
+with the layout's ``{train,dev,test[,test_unseen]}.csv`` copied into EXPDIR first; the PERs (in %)
+are read from ``EXPDIR/evaluate/valid_best/{test,test_unseen}/result.yaml``.
+
+Seeds: ``--seeds ks=3 asr=1`` runs a task with seeds ``--seed``, ``--seed`` + 1, ... (default one
+each). The runs are shared out between ``--nj`` worker processes (longest first, each to the
+least loaded worker; OMP threads divided between them), and a worker runs the command lines
+above one after the other in its own process, through the entry points' ``main(argv)`` with file
+descriptors 1 and 2 sent to the log: s3prl imports every upstream at start-up, once per worker
+instead of two or three times per run.
 
 A run whose JSON exists with the same settings is skipped; a run whose training finished
 (``train.done``) is only evaluated again; anything else in its directory is started afresh.
