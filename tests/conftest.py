@@ -1,6 +1,11 @@
 """Shared test helpers. Tiny model configs come from ``espnet_plugin.models.tiny_config``:
 the standard CNN layout (stride 320, 400-sample receptive field) with small widths, so every
 test runs in seconds on a CPU."""
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 
@@ -8,6 +13,17 @@ from espnet_plugin.models import tiny_config  # noqa: F401  (re-exported for the
 from espnet_plugin.models.config import tiny_conv_layers
 
 TINY_CONV = tiny_conv_layers()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_recipe_local(recipe: str, name: str) -> ModuleType:
+    """``egs2/<recipe>/local/<name>.py`` as a module (recipes' scripts are not a package);
+    registered in sys.modules, where dataclasses look their module up."""
+    spec = importlib.util.spec_from_file_location(f"{recipe}_{name}", REPO / "egs2" / recipe / "local" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:

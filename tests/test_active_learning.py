@@ -13,6 +13,8 @@ import pytest
 import soundfile
 import torch
 
+from tests.conftest import load_recipe_local
+
 TOKENS = ["<blank>", "<unk>", "<space>", *"abcdefgh", "<sos/eos>"]
 SECONDS = [0.30, 0.45, 0.25, 0.60, 0.35, 0.50, 0.40, 0.28]
 
@@ -346,12 +348,7 @@ RECIPE = REPO / "egs2" / "mini_synth_al"
 
 
 def load_recipe_module(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"mini_synth_al_{name}", RECIPE / "local" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe_local("mini_synth_al", name)
 
 
 def test_oracle_and_move_selected(tmp_path):

@@ -3,7 +3,6 @@ SNRs from the names, shapes, the valid split, the SNR-grid re-mix, errors that n
 and run.sh's options, stage 1 and what it hands to mini_synth_enh's run.sh (with a stand-in
 python, so nothing is trained). The recipe itself needs the DNS data and a GPU; it is not run here.
 """
-import importlib.util
 import os
 import re
 import subprocess
@@ -15,17 +14,14 @@ import pytest
 import soundfile
 
 from espnet_plugin.utils.kaldi_data import read_scp
+from tests.conftest import load_recipe_local
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "dns_challenge"
 RATE = 16000
 
 
 def load_local(name: str):
-    spec = importlib.util.spec_from_file_location(f"dns_challenge_{name}", RECIPE / "local" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe_local("dns_challenge", name)
 
 
 prepare_dns = load_local("prepare_dns")

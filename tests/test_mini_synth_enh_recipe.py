@@ -5,7 +5,6 @@ paths), the score parsers and the report, and a tiny run of every stage in this 
 The default run itself is a benchmark (docs/benchmarks.md).
 """
 import hashlib
-import importlib.util
 import json
 import shutil
 import sys
@@ -17,7 +16,9 @@ import soundfile
 import torch
 import yaml
 
+from espnet_plugin.utils.audio import mix_at_snr
 from espnet_plugin.utils.kaldi_data import read_scp
+from tests.conftest import load_recipe_local
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "mini_synth_enh"
 CONF = RECIPE / "conf"
@@ -26,11 +27,7 @@ needs_tools = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.whi
 
 
 def load_local(name: str):
-    spec = importlib.util.spec_from_file_location(f"mini_synth_enh_{name}", RECIPE / "local" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe_local("mini_synth_enh", name)
 
 
 prepare_data = load_local("prepare_data")
@@ -107,7 +104,7 @@ def test_noise_kinds_and_mixing():
         noise = bank.make(kind, 16000, rng)
         assert noise.shape == (16000,) and np.isfinite(noise).all() and np.std(noise) > 0, kind
     clean = (0.5 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
-    noisy, reference = prepare_data.mix(clean, 10 * rng.standard_normal(len(clean)).astype(np.float32), -5.0)
+    noisy, reference = mix_at_snr(clean, 10 * rng.standard_normal(len(clean)).astype(np.float32), -5.0, peak=0.95)
     assert np.abs(noisy).max() <= 0.95 + 1e-6  # scaled down together, SNR kept
     assert abs(10 * np.log10(np.mean(reference**2) / np.mean((noisy - reference) ** 2)) + 5.0) < 1e-3
     with pytest.raises(ValueError, match="unknown noise kind"):

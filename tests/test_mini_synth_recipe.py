@@ -7,7 +7,6 @@ tests/test_s3prl_problem_api.py, and the full recipe is a benchmark (docs/benchm
 """
 import csv
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -20,8 +19,9 @@ import pytest
 import soundfile
 import yaml
 
-from espnet_plugin.utils.audio import espeak_phonemes
+from espnet_plugin.utils.audio import espeak_phonemes, mix_at_snr
 from espnet_plugin.utils.kaldi_data import read_scp
+from tests.conftest import load_recipe_local
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "mini_synth"
 needs_espeak = pytest.mark.skipif(  # the corpus speaks with both synthesisers (`make` installs them)
@@ -29,11 +29,7 @@ needs_espeak = pytest.mark.skipif(  # the corpus speaks with both synthesisers (
 
 
 def load_local(name: str):
-    spec = importlib.util.spec_from_file_location(f"mini_synth_{name}", RECIPE / "local" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe_local("mini_synth", name)
 
 
 synth_corpus = load_local("synth_corpus")
@@ -123,7 +119,7 @@ def test_perturbations_keep_what_they_promise():
         power = np.abs(np.fft.rfft(noise)) ** 2
         freqs = np.fft.rfftfreq(16000, 1 / 16000)
         spectra[kind] = power[(freqs > 50) & (freqs < 500)].sum() / power[(freqs > 2000) & (freqs < 8000)].sum()
-        mixed = synth_corpus.add_noise(wav, noise, 10.0)
+        mixed, _ = mix_at_snr(wav, noise, 10.0)
         snr = 10 * np.log10(np.mean(wav**2) / np.mean((mixed - wav) ** 2))
         assert abs(snr - 10.0) < 0.01, kind
     # low- vs high-frequency power: brown > pink > white; hum is all low frequencies
@@ -153,7 +149,7 @@ def test_speech_commands_layout(corpus, tmp_path):
     for split in ("test", "test_unseen"):
         speakers = sum(s == split for s in splits.values())
         per_class = {p.name: len(list(p.iterdir())) for p in (out / split).iterdir()}
-        assert per_class == {**{c: speakers for c in test_classes}}  # keyword_reps=1 in SYNTH_ARGS
+        assert per_class == {c: speakers for c in test_classes}  # keyword_reps=1 in SYNTH_ARGS
 
 
 @needs_espeak

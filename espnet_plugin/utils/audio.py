@@ -5,7 +5,7 @@ import io
 import shutil
 import subprocess
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -78,6 +78,17 @@ def synthesize_flite(text: str, voice: str = "slt", stretch: float = 1.0, f0_mea
         subprocess.run([binary, "-voice", voice, *options, "-t", text, "-o", str(path)], check=True, capture_output=True)
         data, rate = soundfile.read(str(path), dtype="float32")
     return AF.resample(torch.from_numpy(data), rate, SAMPLE_RATE)
+
+
+def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float, peak: float = 0.99) -> Tuple[np.ndarray, np.ndarray]:
+    """``(noisy, clean)`` as float32: the noise scaled so that the SNR over the utterance is
+    ``snr_db``; if the mixture would exceed ``peak``, mixture and reference are scaled down
+    together, which keeps the SNR. Used by the recipes that synthesise noisy speech."""
+    speech_power = float(np.mean(clean**2)) + 1e-10
+    noise_power = float(np.mean(noise**2)) + 1e-10
+    noisy = clean + noise * np.sqrt(speech_power / noise_power / 10 ** (snr_db / 10))
+    scale = min(1.0, peak / max(1e-8, float(np.abs(noisy).max())))
+    return (noisy * scale).astype(np.float32), (clean * scale).astype(np.float32)
 
 
 def espeak_phonemes(text: str, voice: str = "en-us") -> List[str]:

@@ -42,7 +42,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from espnet_plugin.utils.audio import SAMPLE_RATE, AudioError
+from espnet_plugin.utils.audio import SAMPLE_RATE, AudioError, mix_at_snr
 from espnet_plugin.utils.kaldi_data import write_scp
 
 FILEID = re.compile(r"fileid_(\d+)\.wav$")
@@ -146,15 +146,6 @@ def split_valid(fileids: Sequence[int], fraction: float, seed: int) -> Tuple[Lis
 
 
 # ----------------------------------------------------------------------------- re-mixing
-def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> Tuple[np.ndarray, np.ndarray]:
-    """``(noisy, clean)`` with the noise scaled to ``snr_db`` over the utterance; both scaled down
-    together if the mixture would clip."""
-    gain = np.sqrt(np.mean(clean**2) / (np.mean(noise**2) * 10 ** (snr_db / 10)))
-    noisy = clean + gain * noise
-    scale = min(1.0, PEAK / float(np.abs(noisy).max()))
-    return noisy * scale, clean * scale
-
-
 def noise_segment(path: Path, frames: int, length: int, rng: np.random.Generator) -> np.ndarray:
     """``length`` samples of the noise file from a random start (looped if the file is shorter)."""
     if frames >= length:
@@ -183,7 +174,7 @@ def remix_test(clean_dir: Path, noise_dir: Path, snrs: Sequence[float], wav_dir:
         for index, snr in enumerate(snrs):
             rng = np.random.default_rng([seed, fileid, index])  # the same mixture whatever else is re-mixed
             choice = int(rng.integers(len(noises)))
-            noisy, reference = mix_at_snr(speech, noise_segment(noises[choice], noise_frames[choice], len(speech), rng), snr)
+            noisy, reference = mix_at_snr(speech, noise_segment(noises[choice], noise_frames[choice], len(speech), rng), snr, PEAK)
             utt = f"dns_fileid_{fileid}_snr{snr:+g}"
             paths = {}
             for role, wav in (("noisy", noisy), ("clean", reference)):

@@ -44,7 +44,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from espnet_plugin.utils.audio import SAMPLE_RATE, synthesize, synthesize_flite
+from espnet_plugin.utils.audio import SAMPLE_RATE, mix_at_snr, synthesize, synthesize_flite
 
 VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
@@ -219,20 +219,13 @@ def make_noise(kind: str, length: int, rng: np.random.Generator) -> np.ndarray:
     return noise.astype(np.float32)
 
 
-def add_noise(wav: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    signal_power = float(np.mean(wav**2)) + 1e-10
-    noise = noise * np.sqrt(signal_power / (10 ** (snr_db / 10)) / (float(np.mean(noise**2)) + 1e-10))
-    mixed = wav + noise
-    return (mixed / max(1.0, float(np.abs(mixed).max()) / 0.99)).astype(np.float32)
-
-
 def perturb(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Speed perturbation, reverberation (half of the time) and noise of a random kind and SNR."""
     wav = speed_perturb(wav.astype(np.float32), float(rng.choice(SPEED_FACTORS)))
     if rng.random() < 0.5:
         wav = reverberate(wav, rng.uniform(0.15, 0.6), rng)
     kind = NOISE_KINDS[int(rng.integers(len(NOISE_KINDS)))]
-    return add_noise(wav, make_noise(kind, len(wav), rng), rng.uniform(5.0, 30.0))
+    return mix_at_snr(wav, make_noise(kind, len(wav), rng), rng.uniform(5.0, 30.0))[0]
 
 
 def sentences(count: int, rng: random.Random) -> List[str]:

@@ -48,7 +48,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from espnet_plugin.utils.audio import SAMPLE_RATE, synthesize
+from espnet_plugin.utils.audio import SAMPLE_RATE, mix_at_snr, synthesize
 from espnet_plugin.utils.kaldi_data import write_scp
 
 MINI_SYNTH = Path(__file__).resolve().parents[2] / "mini_synth" / "local" / "synth_corpus.py"
@@ -134,16 +134,6 @@ def room_response(rng: np.random.Generator) -> np.ndarray:
     return (rir / np.sqrt(np.sum(rir**2))).astype(np.float32)
 
 
-def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> Tuple[np.ndarray, np.ndarray]:
-    """``(noisy, clean)``, the noise scaled to ``snr_db`` over the utterance, both scaled down
-    together if the mixture would clip."""
-    speech_power = float(np.mean(clean**2)) + 1e-10
-    noise_power = float(np.mean(noise**2)) + 1e-10
-    noisy = clean + noise * np.sqrt(speech_power / noise_power / 10 ** (snr_db / 10))
-    scale = min(1.0, 0.95 / max(1e-8, float(np.abs(noisy).max())))
-    return (noisy * scale).astype(np.float32), (clean * scale).astype(np.float32)
-
-
 # ----------------------------------------------------------------------------- corpus
 def synthesise_speech(jobs: List[Tuple[str, object, str]], nj: int, desc: str) -> Dict[str, np.ndarray]:
     def render(job):
@@ -221,7 +211,7 @@ def prepare(out: Path, num_train: int, num_valid: int, num_test: int, num_speake
                       if split == "test" else
                       [(utt_rng.uniform(*TRAIN_SNR_RANGE), NOISE_KINDS[int(utt_rng.integers(len(NOISE_KINDS)))])])
         for snr, kind in conditions:
-            noisy, reference = mix(clean, bank.make(kind, len(clean), utt_rng), snr)
+            noisy, reference = mix_at_snr(clean, bank.make(kind, len(clean), utt_rng), snr, peak=0.95)
             name = f"{utt}_snr{snr:+.0f}" if split == "test" else utt
             paths = {}
             for role, wav in (("noisy", noisy), ("clean", reference)):
