@@ -230,7 +230,7 @@ def prepare(out: Path, num_train: int, num_valid: int, num_test: int, num_speake
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--num_train", type=int, default=400, help="training mixtures (one per clean utterance)")
+    parser.add_argument("--num_train", type=int, default=1600, help="training mixtures (one per clean utterance)")
     parser.add_argument("--num_valid", type=int, default=40)
     parser.add_argument("--num_test", type=int, default=20, help="clean test utterances (each at every test SNR)")
     parser.add_argument("--num_speakers", type=int, default=24, help="speech speakers (1/8 valid, 1/8 test)")
