@@ -259,6 +259,16 @@ def test_kd_stage_never_reads_the_reference(teacher):
         distill_model(teacher, stage="supervised", kd_weight=0.5)(speech, lengths)
 
 
+def test_a_batch_with_as_many_frames_as_channels_keeps_the_probed_layout(teacher):
+    """The layout is detected once, at construction (a second of noise); a later batch whose
+    frame count equals the student's 12 channels is (B, 12, 12) and must not be re-guessed."""
+    model = distill_model(teacher, pairs=PAIRS[:1])
+    speech, lengths = batch(lengths=(11 * STFT["hop_length"],) * 2)
+    assert model.student.encoder(speech, lengths)[0].shape[1] == 12  # frames == channels
+    loss, stats, _ = model(speech, lengths)
+    assert torch.isfinite(loss) and stats["kd0_similarity_preserving"] >= 0
+
+
 def test_stages_combine_the_losses(teacher):
     speech, lengths = batch()
     ref = speech.clone()

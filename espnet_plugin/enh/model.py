@@ -132,6 +132,7 @@ class EnhDistillModel(AbsESPnetModel):
         self.uses_kd = stage != "supervised" or kd_weight > 0
         self.uses_reference = stage != "kd"
         self.pairs = parse_feature_pairs(feature_pairs) if self.uses_kd else []
+        self._layouts: Dict[str, Dict[str, str]] = {}  # per pair: the layouts detected at the probe
         self.output_kd_weight = float(output_kd.get("weight", 1.0)) if output_kd and self.uses_kd else 0.0
         self.output_loss = OutputDistillLoss(output_kd.get("criterion", "si_snr")) if self.output_kd_weight else None
         self.kd_losses = nn.ModuleDict()
@@ -200,9 +201,13 @@ class EnhDistillModel(AbsESPnetModel):
             for role, source, layout in (("student", pair.student, pair.student_layout),
                                          ("teacher", pair.teacher, pair.teacher_layout)):
                 encoded, frame_lengths = frames[role][0], frames[role][1]
+                layout = layout or self._layouts.get(pair.key, {}).get(role)
                 feats.append(feature_and_mask(self._recorders[role].get(source), layout, frame_lengths,
                                               encoded.shape[1], f"{role} {source}"))
-            (s, s_mask, _), (t, t_mask, _) = feats
+            (s, s_mask, s_layout), (t, t_mask, t_layout) = feats
+            # the layouts found at the first forward (the probe) hold for every batch: a batch
+            # whose frame count equals a channel count would be ambiguous
+            self._layouts[pair.key] = {"student": s_layout, "teacher": t_layout}
             if s.shape[:2] != t.shape[:2] or not torch.equal(s_mask, t_mask):
                 raise FeatureError(
                     f"{pair.key}: student {pair.student} has {s.shape[1]} frames and teacher {pair.teacher} "
