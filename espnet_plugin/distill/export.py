@@ -27,6 +27,7 @@ def export(config: Path, checkpoint: Path, output_dir: Path) -> Dict[str, Any]:
 
     model, args = DistillPruneTask.build_model_from_file(config, None, device="cpu")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model.adopt_architecture(state)  # a student that shrank during training
     # ESPnet's own loader is lenient (a gated checkpoint would load into an ungated model):
     # every weight must be there, with its shape, and nothing else
     load_weights_strictly(

@@ -6,22 +6,48 @@ on, the sparsity Lagrangian adds ``lambda1 (s - t) + lambda2 (s - t)^2`` where `
 expected sparsity of parameters or of MACs relative to the teacher and ``t`` is the target,
 ramped linearly over ``sparsity_warmup_steps`` training forward passes. The step counter is
 a buffer, so a resumed run continues the same schedule.
+
+With ``shrink_threshold`` set, every ``shrink_interval`` training steps the units whose gate is
+open with probability below the threshold are cut out of the student (``shrink_model``): the
+remaining steps run on the smaller model. The optimizer keeps the state of the kept units
+(``attach_optimizer``), and every checkpoint records the student's current configuration, so
+loading one (resume, export) first shrinks the student to it.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+import logging
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
+from torch import nn
 from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_plugin.losses import build_distill_loss
 from espnet_plugin.models import SpeechEncoder
 from espnet_plugin.models.components import frame_key_mask
+from espnet_plugin.models.config import EncoderConfig
 from espnet_plugin.pruning import SparsityLagrangian
+from espnet_plugin.pruning.prune import carry_optimizer_state, count_units, shrink_model
 from espnet_plugin.utils.nonfinite import NonFiniteGuard
 
 SPARSITY_METRICS = ("params", "macs")
+ARCHITECTURE_KEY = "student_architecture._extra_state"
+
+
+class StudentArchitecture(nn.Module):
+    """Writes the student's configuration into every checkpoint (``get_extra_state``), so that
+    a checkpoint of a shrunk student can be loaded into a model built from the config file."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config.to_dict()
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"student_config": self.config}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self.config = state["student_config"]
 
 
 class DistillPruneModel(AbsESPnetModel):
@@ -35,6 +61,8 @@ class DistillPruneModel(AbsESPnetModel):
         sparsity_warmup_steps: int = 0,
         crop_to_shortest: bool = False,
         cost_seconds: Optional[float] = None,
+        shrink_threshold: Optional[float] = None,
+        shrink_interval: int = 100,
     ) -> None:
         super().__init__()
         if sparsity_metric not in SPARSITY_METRICS:
@@ -60,6 +88,17 @@ class DistillPruneModel(AbsESPnetModel):
         self.crop_to_shortest = crop_to_shortest
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         self.nonfinite_guard = NonFiniteGuard()
+        if shrink_threshold is not None:
+            if not student.config.gates.any:
+                raise ValueError("shrink_threshold needs gates: switch some on in the student's gates config")
+            if not 0.0 < shrink_threshold < 0.5:
+                raise ValueError(f"shrink_threshold is a small probability in (0, 0.5), got {shrink_threshold}")
+            if shrink_interval < 1:
+                raise ValueError(f"shrink_interval must be a positive number of steps, got {shrink_interval}")
+            self.student_architecture = StudentArchitecture(student.config)
+        self.shrink_threshold = shrink_threshold
+        self.shrink_interval = shrink_interval
+        self._optimizer: List[torch.optim.Optimizer] = []  # a list: not part of the module
 
     @property
     def teacher(self) -> SpeechEncoder:
@@ -77,6 +116,9 @@ class DistillPruneModel(AbsESPnetModel):
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
         if self.crop_to_shortest:
             speech, speech_lengths = crop_batch_to_shortest(speech, speech_lengths, random_offset=self.training)
+        if self.training and self.shrink_threshold is not None and int(self.num_steps) > 0 \
+                and int(self.num_steps) % self.shrink_interval == 0:
+            self.shrink_student()
         teacher = self.teacher
         if next(teacher.parameters()).device != speech.device:
             teacher.to(speech.device)
@@ -111,19 +153,80 @@ class DistillPruneModel(AbsESPnetModel):
     def collect_feats(self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs) -> Dict[str, torch.Tensor]:
         return {"feats": speech, "feats_lengths": speech_lengths}
 
-    def parameter_groups(self, lr: float, gate_lr: float, lambda_lr: float) -> List[Dict[str, Any]]:
-        """Main weights, gate logits and Lagrange multipliers (ascent), each with its own lr."""
+    def group_members(self) -> List[List[nn.Parameter]]:
+        """The parameters of each optimizer group, in a fixed order: main weights, gate logits
+        (if any), Lagrange multipliers (if any)."""
         gates = self.student.gate_parameters()
         gate_ids = {id(p) for p in gates}
         lambdas = self.lagrangian.multipliers() if self.lagrangian is not None else []
         lambda_ids = {id(p) for p in lambdas}
         main = [p for p in self.parameters() if id(p) not in gate_ids | lambda_ids and p.requires_grad]
-        groups: List[Dict[str, Any]] = [{"params": main, "lr": lr}]
-        if gates:
-            groups.append({"params": gates, "lr": gate_lr, "weight_decay": 0.0})
+        return [main] + ([gates] if gates else []) + ([lambdas] if lambdas else [])
+
+    def parameter_groups(self, lr: float, gate_lr: float, lambda_lr: float) -> List[Dict[str, Any]]:
+        """Main weights, gate logits and Lagrange multipliers (ascent), each with its own lr."""
+        members = self.group_members()
+        groups: List[Dict[str, Any]] = [{"params": members[0], "lr": lr}]
+        if self.student.gate_parameters():
+            groups.append({"params": members[1], "lr": gate_lr, "weight_decay": 0.0})
         if self.lagrangian is not None:
-            groups.append(self.lagrangian.optimizer_group(lambda_lr))
+            groups.append({**self.lagrangian.optimizer_group(lambda_lr), "params": members[-1]})
         return groups
+
+    # ------------------------------------------------------------ shrinking
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer whose groups and state follow the student when it shrinks."""
+        self._optimizer = [optimizer]
+
+    @torch.no_grad()
+    def shrink_student(self, threshold: Optional[float] = None) -> int:
+        """Cut the units with P(open) < threshold out of the student; returns how many went."""
+        old = self.student
+        shrunk = shrink_model(old, threshold if threshold is not None else self.shrink_threshold)
+        if shrunk is None:
+            return 0
+        new, plan = shrunk
+        removed = count_units(old) - count_units(new)
+        self._replace_student(old, new, plan)
+        logging.info(
+            "step %d: %d closed units removed from the student, %.3f M params left (%.3f M expected)",
+            int(self.num_steps), removed, new.num_params() / 1e6, float(new.expected_params()) / 1e6,
+        )
+        return removed
+
+    def _replace_student(self, old: SpeechEncoder, new: SpeechEncoder, plan=None) -> None:
+        """Swap in ``new``; the optimizer's state moves with ``plan`` (or is dropped without one)
+        and its groups list the new parameters."""
+        optimizer = self._optimizer[0] if self._optimizer else None
+        if optimizer is not None:
+            if plan is not None:
+                carry_optimizer_state(optimizer, old, new, plan)
+            else:
+                for param in old.parameters():
+                    optimizer.state.pop(param, None)
+        self.student = new
+        self.student_architecture.config = new.config.to_dict()
+        if optimizer is not None:
+            for group, members in zip(optimizer.param_groups, self.group_members()):
+                group["params"] = members
+
+    def adopt_architecture(self, state_dict: Mapping[str, Any]) -> None:
+        """Shrink the student to the configuration a checkpoint recorded (its weights are then
+        loaded over it, and so is the optimizer state on resume)."""
+        record = state_dict.get(ARCHITECTURE_KEY)
+        if record is None or self.shrink_threshold is None:
+            return
+        config = EncoderConfig.from_dict(record["student_config"], where=ARCHITECTURE_KEY)
+        if config.to_dict() == self.student.config.to_dict():
+            return
+        old = self.student
+        parameter = next(old.parameters())
+        new = SpeechEncoder(config).to(device=parameter.device, dtype=parameter.dtype).train(old.training)
+        self._replace_student(old, new)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        self.adopt_architecture(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def crop_batch_to_shortest(

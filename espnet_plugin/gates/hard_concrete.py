@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ class HardConcreteGate(nn.Module):
             raise ValueError("a gate group needs at least one gate")
         self.n, self.min_keep = n, min_keep
         self.current: Optional[torch.Tensor] = None
+        self.pending: Optional[torch.Tensor] = None
         self.log_alpha = nn.Parameter(torch.empty(n))
         self.reset_parameters(init_drop_rate)
 
@@ -35,7 +36,7 @@ class HardConcreteGate(nn.Module):
 
     def prob_open(self) -> torch.Tensor:
         """P(z > 0) for every gate: differentiable in ``log_alpha``."""
-        return torch.sigmoid(self.log_alpha - BETA * math.log(-LIMIT_LEFT / LIMIT_RIGHT))
+        return prob_open(self.log_alpha)
 
     def expected_open(self) -> torch.Tensor:
         return self.prob_open().sum()
@@ -48,18 +49,44 @@ class HardConcreteGate(nn.Module):
         return mask.detach()
 
     def sample(self) -> torch.Tensor:
-        u = torch.rand_like(self.log_alpha).clamp(1e-6, 1.0 - 1e-6)
-        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / BETA)
-        return (s * (LIMIT_RIGHT - LIMIT_LEFT) + LIMIT_LEFT).clamp(0.0, 1.0)
+        return sample_hard_concrete(self.log_alpha)
 
     def forward(self) -> torch.Tensor:
-        """Gate values for this forward pass, kept in ``current`` for blocks that share them."""
-        self.current = self.sample() if self.training else self.deterministic_mask()
+        """Gate values for this forward pass, kept in ``current`` for blocks that share them.
+        In training they are the values :func:`sample_gates` left (or a fresh sample)."""
+        if self.training:
+            pending, self.pending = self.pending, None
+            self.current = pending if pending is not None else self.sample()
+        else:
+            self.current = self.deterministic_mask()
         return self.current
-
-    def openness(self, deterministic: bool) -> torch.Tensor:
-        """What the cost model counts: P(open) in expectation, or the binary mask."""
-        return self.deterministic_mask() if deterministic else self.prob_open()
 
     def extra_repr(self) -> str:
         return f"n={self.n}"
+
+
+def prob_open(log_alpha: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(log_alpha - BETA * math.log(-LIMIT_LEFT / LIMIT_RIGHT))
+
+
+def sample_hard_concrete(log_alpha: torch.Tensor) -> torch.Tensor:
+    """One stretched, clamped concrete sample per logit."""
+    u = torch.rand_like(log_alpha).clamp(1e-6, 1.0 - 1e-6)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / BETA)
+    return (s * (LIMIT_RIGHT - LIMIT_LEFT) + LIMIT_LEFT).clamp(0.0, 1.0)
+
+
+def sample_gates(gates: Sequence[HardConcreteGate]) -> None:
+    """Sample every gate of a model with one set of operations instead of one set per gate
+    (a small model's step is dominated by the number of operations, not their size); each
+    gate's next training forward returns its part."""
+    if not gates:
+        return
+    values = sample_hard_concrete(torch.cat([gate.log_alpha for gate in gates]))
+    for gate, value in zip(gates, values.split([gate.n for gate in gates])):
+        gate.pending = value
+
+
+def open_probabilities(gates: Sequence[HardConcreteGate]) -> torch.Tensor:
+    """``prob_open()`` of every gate, concatenated in the order of ``gates``: one operation."""
+    return prob_open(torch.cat([gate.log_alpha for gate in gates]))

@@ -13,6 +13,7 @@ from typing import List
 
 import torch
 
+from espnet_plugin.gates import open_probabilities
 from espnet_plugin.utils.audio import SAMPLE_RATE
 
 
@@ -34,12 +35,23 @@ class Structure:
 
     @classmethod
     def of_model(cls, model, deterministic: bool) -> "Structure":
+        gates = model.gates()
+        by_gate = {}
+        if gates:
+            # one operation (and one conversion to float64) for all gates, then views
+            if deterministic:
+                values = torch.cat([gate.deterministic_mask() for gate in gates])
+            else:
+                values = open_probabilities(gates)
+            values = values.to(COUNT_DTYPE).split([gate.n for gate in gates])
+            by_gate = {id(gate): value for gate, value in zip(gates, values)}
+
         def openness(gate, n: int, present: bool = True) -> torch.Tensor:
             if not present:
                 return torch.zeros(n, dtype=COUNT_DTYPE)
             if gate is None:
                 return torch.ones(n, dtype=COUNT_DTYPE)
-            return gate.openness(deterministic).to(COUNT_DTYPE)
+            return by_gate[id(gate)]
 
         conv = [openness(layer.gate, layer.conv.out_channels) for layer in model.feature_extractor.conv_layers]
         heads, attention, units, ffn = [], [], [], []

@@ -7,6 +7,7 @@ from typing import List, Mapping, Optional, Tuple, Type
 import torch
 from torch import nn
 
+from espnet_plugin.gates import HardConcreteGate, sample_gates
 from espnet_plugin.models.components import (
     ConvPositionalEmbedding,
     EncoderLayer,
@@ -76,6 +77,8 @@ class SpeechEncoder(nn.Module):
     def forward(
         self, wavs: torch.Tensor, wav_lengths: Optional[torch.Tensor] = None
     ) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+        if self.training:
+            sample_gates(self.gates())
         if self.config.normalize_waveform:
             wavs = normalize_waveforms(wavs, wav_lengths)
         features = self.feature_extractor(wavs)
@@ -140,6 +143,9 @@ class SpeechEncoder(nn.Module):
         """Real parameter count, gates excluded."""
         return sum(p.numel() for name, p in self.named_parameters() if not name.endswith("log_alpha"))
 
+    def gates(self) -> List[HardConcreteGate]:
+        return [module for module in self.modules() if isinstance(module, HardConcreteGate)]
+
     def gate_parameters(self) -> List[nn.Parameter]:
         return [p for name, p in self.named_parameters() if name.endswith("log_alpha")]
 
@@ -176,7 +182,8 @@ def load_weights_strictly(
     missing)."""
     own = model.state_dict()
     mismatched = [f"{key} {tuple(value.shape)} (expected {tuple(own[key].shape)})"
-                  for key, value in state.items() if key in own and tuple(value.shape) != tuple(own[key].shape)]
+                  for key, value in state.items()
+                  if key in own and torch.is_tensor(value) and tuple(value.shape) != tuple(own[key].shape)]
     if mismatched:
         raise error(f"{where}: weights do not match the architecture; other shapes: {mismatched[:6]}")
     missing, unexpected = model.load_state_dict(state, strict=False)

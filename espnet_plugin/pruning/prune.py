@@ -1,128 +1,202 @@
-"""Turn a gated model into the dense model its deterministic masks describe.
+"""Cut units out of a gated model: the dense export, and shrinking during training.
 
-The result has no gates and computes the same function as the gated model in eval mode:
-closed conv channels, heads and FFN units are removed, closed blocks disappear, and a block
-whose every unit closed keeps only its output bias (a constant on the residual stream).
+Both work the same way: choose the kept units of every gate group (conv channels, heads,
+FFN units, whole blocks), build a model of that size and copy each weight's kept rows /
+columns. :func:`prune_model` keeps the deterministic masks' units and drops the gates (the
+export; it computes the same function as the gated model in eval mode). :func:`shrink_model`
+keeps every unit whose gate is still open with probability ``threshold`` or more and keeps the
+gates, so training continues on the smaller model (docs/pruning.md, "Shrinking during
+training"). Closed blocks disappear; a block whose every unit closed keeps only its output
+bias (a constant on the residual stream).
 """
 from __future__ import annotations
 
 import copy
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from espnet_plugin.gates import HardConcreteGate
-from espnet_plugin.models.components import FeedForward, SelfAttention
 from espnet_plugin.models.config import GateConfig
 from espnet_plugin.models.model import SpeechEncoder
 
+KeepRule = Callable[[Optional[HardConcreteGate], int], torch.Tensor]
+# new parameter name -> (old parameter name, [(dim, kept indices along dim), ...])
+SlicePlan = Dict[str, Tuple[str, List[Tuple[int, torch.Tensor]]]]
 
-def _keep(gate: Optional[HardConcreteGate], n: int) -> torch.Tensor:
+
+@dataclass
+class KeptUnits:
+    """Indices of the kept units of every gate group of a model."""
+
+    conv: List[torch.Tensor]
+    heads: List[torch.Tensor]  # empty where the attention block goes
+    units: List[torch.Tensor]  # empty where the FFN block goes
+    attention: List[bool]
+    ffn: List[bool]
+
+    def total(self) -> int:
+        """Conv channels + heads + FFN units + blocks."""
+        return (sum(len(c) for c in self.conv) + sum(len(h) for h in self.heads) + sum(len(u) for u in self.units)
+                + sum(self.attention) + sum(self.ffn))
+
+
+def deterministic_keep(gate: Optional[HardConcreteGate], n: int) -> torch.Tensor:
+    """The units of the eval-mode binary mask."""
     if gate is None:
         return torch.arange(n)
     return torch.nonzero(gate.deterministic_mask() > 0.5).flatten()
 
 
-def _block_kept(gate: Optional[HardConcreteGate]) -> bool:
-    return gate is None or bool(gate.deterministic_mask()[0] > 0.5)
+def open_keep(threshold: float) -> KeepRule:
+    """The units whose P(open) is at least ``threshold`` (the gate's ``min_keep`` at least)."""
+
+    def keep(gate: Optional[HardConcreteGate], n: int) -> torch.Tensor:
+        if gate is None:
+            return torch.arange(n)
+        with torch.no_grad():
+            kept = torch.nonzero(gate.prob_open() >= threshold).flatten()
+            if len(kept) < gate.min_keep:
+                kept = torch.topk(gate.log_alpha, gate.min_keep).indices.sort().values
+        return kept.cpu()
+
+    return keep
 
 
-def _copy(dst: nn.Parameter, src: torch.Tensor) -> None:
-    with torch.no_grad():
-        dst.copy_(src)
-
-
-def _copy_linear(dst: nn.Linear, src: nn.Linear, rows=None, cols=None) -> None:
-    w = src.weight
-    if rows is not None:
-        w = w[rows]
-    if cols is not None:
-        w = w[:, cols]
-    _copy(dst.weight, w)
-    _copy(dst.bias, src.bias if rows is None else src.bias[rows])
-
-
-def _copy_norm(dst: Optional[nn.Module], src: Optional[nn.Module], index=None) -> None:
-    if dst is None:
-        return
-    _copy(dst.weight, src.weight if index is None else src.weight[index])
-    _copy(dst.bias, src.bias if index is None else src.bias[index])
-
-
-def _output_bias(module, output: str) -> torch.Tensor:
-    """The constant a block adds once all its units are gone: its output layer's bias."""
-    return module.out_bias if module.out_bias is not None else getattr(module, output).bias
-
-
-@torch.no_grad()
-def prune_model(model: SpeechEncoder) -> SpeechEncoder:
-    """The dense, gate-free model equal to ``model`` at its deterministic masks."""
-    cfg = copy.deepcopy(model.config)
-    cfg.gates = GateConfig()
-    conv_keep = [_keep(layer.gate, layer.conv.out_channels) for layer in model.feature_extractor.conv_layers]
-    for spec, keep in zip(cfg.conv_layers, conv_keep):
-        spec[0] = len(keep)
-
-    head_keep: List[torch.Tensor] = []
-    unit_keep: List[torch.Tensor] = []
-    for layer, layer_cfg in zip(model.layers, cfg.layers):
+def kept_units(model: SpeechEncoder, rule: KeepRule) -> KeptUnits:
+    conv = [rule(layer.gate, layer.conv.out_channels) for layer in model.feature_extractor.conv_layers]
+    kept = KeptUnits(conv, [], [], [], [])
+    empty = torch.zeros(0, dtype=torch.long)
+    for layer in model.layers:
         att, ff = layer.attention, layer.ffn
-        layer_cfg.attention = att is not None and _block_kept(layer.attention_block_gate)
-        heads = _keep(att.gate, att.num_heads) if layer_cfg.attention else torch.zeros(0, dtype=torch.long)
+        attention = att is not None and len(rule(layer.attention_block_gate, 1)) > 0
+        ffn = ff is not None and len(rule(layer.ffn_block_gate, 1)) > 0
+        kept.attention.append(attention)
+        kept.ffn.append(ffn)
+        kept.heads.append(rule(att.gate, att.num_heads) if attention else empty)
+        kept.units.append(rule(ff.gate, ff.num_units) if ffn else empty)
+    return kept
+
+
+def sliced_config(model: SpeechEncoder, kept: KeptUnits, gates: GateConfig):
+    cfg = copy.deepcopy(model.config)
+    cfg.gates = gates
+    for spec, keep in zip(cfg.conv_layers, kept.conv):
+        spec[0] = len(keep)
+    for layer_cfg, attention, heads, ffn, units in zip(cfg.layers, kept.attention, kept.heads, kept.ffn, kept.units):
+        layer_cfg.attention = attention
         layer_cfg.num_heads = len(heads)
         if cfg.is_wavlm:
             layer_cfg.head_ids = [layer_cfg.head_ids[i] for i in heads.tolist()]
-        head_keep.append(heads)
-        layer_cfg.ffn = ff is not None and _block_kept(layer.ffn_block_gate)
-        units = _keep(ff.gate, ff.num_units) if layer_cfg.ffn else torch.zeros(0, dtype=torch.long)
+        layer_cfg.ffn = ffn
         layer_cfg.ffn_dim = len(units)
-        unit_keep.append(units)
+    return cfg
 
-    pruned = SpeechEncoder(cfg)
-    src_ext, dst_ext = model.feature_extractor, pruned.feature_extractor
+
+def slice_plan(model: SpeechEncoder, kept: KeptUnits) -> SlicePlan:
+    """Where each weight of the smaller model comes from; weights not named keep all of theirs."""
+    plan: SlicePlan = {}
+
+    def rows(prefix: str, names, index, dim: int = 0) -> None:
+        for name in names:
+            plan[prefix + name] = (prefix + name, [(dim, index)])
+
     previous = None
-    for keep, src, dst in zip(conv_keep, src_ext.conv_layers, dst_ext.conv_layers):
-        w = src.conv.weight[keep]
-        _copy(dst.conv.weight, w if previous is None else w[:, previous])
-        if src.conv.bias is not None:
-            _copy(dst.conv.bias, src.conv.bias[keep])
-        _copy_norm(dst.norm, src.norm, keep)
+    for i, keep in enumerate(kept.conv):
+        p = f"feature_extractor.conv_layers.{i}."
+        plan[p + "conv.weight"] = (p + "conv.weight", [(0, keep)] + ([] if previous is None else [(1, previous)]))
+        rows(p, ("conv.bias", "norm.weight", "norm.bias", "gate.log_alpha"), keep)
         previous = keep
-    _copy_norm(pruned.feature_projection.layer_norm, model.feature_projection.layer_norm, previous)
-    _copy_linear(pruned.feature_projection.projection, model.feature_projection.projection, cols=previous)
-    pruned.pos_conv.load_state_dict(model.pos_conv.state_dict())
-    _copy_norm(pruned.encoder_norm, model.encoder_norm)
-    if model.rel_attn_embed is not None:
-        _copy(pruned.rel_attn_embed.weight, model.rel_attn_embed.weight)
+    rows("feature_projection.", ("layer_norm.weight", "layer_norm.bias"), previous)
+    rows("feature_projection.", ("projection.weight",), previous, dim=1)
 
-    for src, dst, heads, units in zip(model.layers, pruned.layers, head_keep, unit_keep):
-        _copy_norm(dst.attention_norm, src.attention_norm)
-        _copy_norm(dst.ffn_norm, src.ffn_norm)
-        if dst.attention is not None:
-            _copy_attention(dst.attention, src.attention, heads)
-        if dst.ffn is not None:
-            _copy_ffn(dst.ffn, src.ffn, units)
+    for i, (layer, heads, units) in enumerate(zip(model.layers, kept.heads, kept.units)):
+        a, f = f"layers.{i}.attention.", f"layers.{i}.ffn."
+        if len(heads):
+            dh = layer.attention.head_dim
+            inner = (heads[:, None] * dh + torch.arange(dh)[None]).flatten()
+            rows(a, ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "v_proj.weight",
+                     "v_proj.bias"), inner)
+            rows(a, ("out_proj.weight",), inner, dim=1)
+            rows(a, ("gate.log_alpha",), heads)
+            rows(a, ("gru_rel_pos_const",), heads, dim=1)
+        elif layer.attention is not None:
+            plan[a + "out_bias"] = (a + ("out_bias" if layer.attention.out_bias is not None else "out_proj.bias"), [])
+        if len(units):
+            rows(f, ("intermediate.weight", "intermediate.bias", "gate.log_alpha"), units)
+            rows(f, ("output.weight",), units, dim=1)
+        elif layer.ffn is not None:
+            plan[f + "out_bias"] = (f + ("out_bias" if layer.ffn.out_bias is not None else "output.bias"), [])
+    return plan
+
+
+def take(tensor: torch.Tensor, slices: List[Tuple[int, torch.Tensor]]) -> torch.Tensor:
+    for dim, index in slices:
+        tensor = tensor.index_select(dim, index.to(tensor.device))
+    return tensor
+
+
+@torch.no_grad()
+def sliced_model(model: SpeechEncoder, kept: KeptUnits, gates: GateConfig) -> Tuple[SpeechEncoder, SlicePlan]:
+    """The model of ``kept``'s size with ``gates``, every weight copied from ``model``."""
+    parameter = next(model.parameters())
+    smaller = SpeechEncoder(sliced_config(model, kept, gates)).to(device=parameter.device, dtype=parameter.dtype)
+    plan = slice_plan(model, kept)
+    source = dict(model.named_parameters())
+    full_plan: SlicePlan = {}
+    for name, dst in smaller.named_parameters():
+        old_name, slices = plan.get(name, (name, []))
+        dst.copy_(take(source[old_name], slices))
+        full_plan[name] = (old_name, slices)
+    return smaller.train(model.training), full_plan
+
+
+def prune_model(model: SpeechEncoder) -> SpeechEncoder:
+    """The dense, gate-free model equal to ``model`` at its deterministic masks."""
+    pruned, _ = sliced_model(model, kept_units(model, deterministic_keep), GateConfig())
     return pruned.eval()
 
 
-def _copy_attention(dst: SelfAttention, src: SelfAttention, heads: torch.Tensor) -> None:
-    if dst.out_bias is not None:
-        _copy(dst.out_bias, _output_bias(src, "out_proj"))
-        return
-    dh = src.head_dim
-    rows = (heads[:, None] * dh + torch.arange(dh)[None]).flatten()
-    for name in ("q_proj", "k_proj", "v_proj"):
-        _copy_linear(getattr(dst, name), getattr(src, name), rows=rows)
-    _copy_linear(dst.out_proj, src.out_proj, cols=rows)
-    if dst.head_ids is not None:
-        _copy_linear(dst.gru_rel_pos_linear, src.gru_rel_pos_linear)
-        _copy(dst.gru_rel_pos_const, src.gru_rel_pos_const[:, heads])
+def shrink_model(model: SpeechEncoder, threshold: float) -> Optional[Tuple[SpeechEncoder, SlicePlan]]:
+    """The gated model without its (almost surely) closed units: P(open) < ``threshold``.
+
+    Returns the smaller model and, per weight, where it came from (to carry optimizer state
+    over with :func:`carry_optimizer_state`); None when no unit is that closed.
+    """
+    kept = kept_units(model, open_keep(threshold))
+    if kept.total() == count_units(model):
+        return None
+    return sliced_model(model, kept, model.config.gates)
 
 
-def _copy_ffn(dst: FeedForward, src: FeedForward, units: torch.Tensor) -> None:
-    if dst.out_bias is not None:
-        _copy(dst.out_bias, _output_bias(src, "output"))
-        return
-    _copy_linear(dst.intermediate, src.intermediate, rows=units)
-    _copy_linear(dst.output, src.output, cols=units)
+def count_units(model: SpeechEncoder) -> int:
+    """Conv channels + heads + FFN units + blocks: what shrinking can remove."""
+    return kept_units(model, lambda gate, n: torch.arange(n)).total()
+
+
+@torch.no_grad()
+def carry_optimizer_state(
+    optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.Module, plan: SlicePlan,
+) -> Dict[nn.Parameter, nn.Parameter]:
+    """Move ``old``'s per-parameter optimizer state (e.g. Adam's moments) to ``new``'s weights,
+    sliced like the weights; pending gradients too. Returns {old parameter: new parameter}.
+    Group membership is the caller's to update."""
+    source = dict(old.named_parameters())
+    moved: Dict[nn.Parameter, nn.Parameter] = {}
+    for name, dst in new.named_parameters():
+        old_name, slices = plan[name]
+        src = source[old_name]
+        moved[src] = dst
+        if src.grad is not None:
+            dst.grad = take(src.grad, slices)
+        state = optimizer.state.get(src)
+        if state:
+            optimizer.state[dst] = {
+                key: take(value, slices) if torch.is_tensor(value) and value.shape == src.shape else value
+                for key, value in state.items()
+            }
+    for src in source.values():
+        optimizer.state.pop(src, None)
+    return moved

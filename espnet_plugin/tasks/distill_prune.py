@@ -140,6 +140,18 @@ class DistillPruneTask(PluginTask):
         lr = conf.pop("lr", 1e-3)
         groups = model.parameter_groups(lr, args.gate_lr, args.lambda_lr)
         optimizer = optim_class(groups, lr=lr, **conf)
+        if model.shrink_threshold is not None:
+            if args.ngpu > 1 or getattr(args, "distributed", False):
+                raise ConfigError(
+                    "model_conf.shrink_threshold: the student cannot shrink under DDP / DataParallel (the wrappers "
+                    "hold its parameters); train on one device or leave shrink_threshold unset"
+                )
+            if max(args.keep_nbest_models if isinstance(args.keep_nbest_models, list) else [args.keep_nbest_models]) > 1:
+                raise ConfigError(
+                    "model_conf.shrink_threshold: checkpoints of a shrinking student differ in shape and cannot be "
+                    "averaged: set keep_nbest_models: 1"
+                )
+            model.attach_optimizer(optimizer)
         if any(group.get("maximize") for group in groups) and "maximize" not in optimizer.defaults:
             # such an optimizer ignores the flag: it would train the multipliers by descent
             ascending = sorted(name for name, cls_ in optim_classes.items() if cls_.__module__.startswith("torch.optim"))

@@ -1,0 +1,167 @@
+"""A short stage-1 run with and without shrinking the student during training.
+
+    python bench/bench_shrink.py --output docs/benchmarks.md [--steps 200] [--quick]
+
+HuBERT Base teacher (random weights) and its gated copy as the student (conv channels, heads
+and FFN units gated), L1 + cosine on layers 0 / 4 / 8 / 12, AdamW, batch 4 x 1 s, the sparsity
+target ramped over the first steps; one run keeps the student full size, the other removes the
+units whose P(open) fell below ``--threshold`` every ``--interval`` steps
+(``model_conf.shrink_threshold`` / ``shrink_interval``, docs/pruning.md). Both runs use the same
+seed and batches, so their loss curves and final architectures can be compared. Writes its own
+section of the benchmarks file (between ``<!-- bench_shrink:start/end -->``).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import markers, write_section  # noqa: E402
+from espnet_plugin.distill.model import DistillPruneModel  # noqa: E402
+from espnet_plugin.distill.student import build_student  # noqa: E402
+from espnet_plugin.models import GateConfig, SpeechEncoder, hubert_base_config  # noqa: E402
+from espnet_plugin.utils.machine import cpu_name  # noqa: E402
+
+MARK = "bench_shrink"
+LAYER_MAP = [[0, 0], [4, 4], [8, 8], [12, 12]]
+
+
+def batches(count: int, seed: int = 0) -> List[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(4, 16000, generator=gen) * 0.1 for _ in range(count)]
+
+
+def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[float]) -> Dict[str, object]:
+    torch.manual_seed(0)
+    gates = GateConfig(conv_channels=True, attention_heads=True, ffn_units=True)
+    model = DistillPruneModel(
+        build_student(teacher, gates), teacher,
+        [{"name": "layer_to_layer", "conf": {"layer_map": LAYER_MAP}}],
+        target_sparsity=args.target, sparsity_warmup_steps=args.warmup_steps,
+        shrink_threshold=threshold, shrink_interval=args.interval,
+    ).train()
+    optimizer = torch.optim.AdamW(model.parameter_groups(args.lr, args.gate_lr, args.lambda_lr), lr=args.lr,
+                                  weight_decay=0.0)
+    model.attach_optimizer(optimizer)
+    data = batches(8)
+    lengths = torch.full((4,), 16000)
+    times, losses, sparsity, params = [], [], [], []
+    for step in range(args.steps):
+        start = time.perf_counter()
+        loss, stats, _ = model(speech=data[step % len(data)], speech_lengths=lengths)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+        losses.append(float(stats["distill"]))
+        sparsity.append(float(stats["expected_sparsity"]))
+        params.append(model.student.num_params())
+        if step % 20 == 0 or step == args.steps - 1:
+            print(f"  step {step}: {times[-1]:.2f} s, distill {losses[-1]:.4f}, expected sparsity {sparsity[-1]:.4f}, "
+                  f"student {params[-1] / 1e6:.2f} M params", flush=True)
+    model.eval()
+    return {
+        "times": times, "losses": losses, "sparsity": sparsity, "params": params,
+        "final_params": int(model.student.expected_params(deterministic=True)),
+    }
+
+
+def teacher_forward_seconds(teacher: SpeechEncoder, repeats: int = 5) -> float:
+    speech, lengths = batches(1)[0], torch.full((4,), 16000)
+    samples = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            teacher(speech, lengths)
+            samples.append(time.perf_counter() - start)
+    return statistics.median(samples[1:])
+
+
+def section(args, results, teacher_s: float) -> str:
+    full, shrunk = results["full size"], results["shrinking"]
+    w = args.warmup_steps
+    rows = []
+    for name, r in results.items():
+        t = r["times"]
+        tail = args.steps // 4
+        rows.append(
+            f"| {name} | {sum(t):.0f} | {statistics.median(t[:w]):.2f} | {statistics.median(t[-tail:]):.2f} | "
+            f"{r['params'][-1] / 1e6:.2f} | {r['final_params'] / 1e6:.3f} | {r['sparsity'][-1]:.4f} | "
+            f"{statistics.mean(r['losses'][-tail:]):.4f} |"
+        )
+    ratio = sum(shrunk["times"]) / sum(full["times"])
+    loss_gap = max(abs(a - b) for a, b in zip(full["losses"], shrunk["losses"]))
+    load = os.getloadavg()
+    return "\n".join([
+        markers(MARK)[0],
+        "## Shrinking the student during stage 1 (`bench/bench_shrink.py`)",
+        "",
+        f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; fp32",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
+        f"- command: `python bench/bench_shrink.py --steps {args.steps}`",
+        f"- run: HuBERT Base teacher and gated student (conv channels, heads, FFN units), random weights, L1 + cosine "
+        f"on layers 0/4/8/12, AdamW (lr {args.lr}, gates {args.gate_lr}, multipliers {args.lambda_lr}), gradient "
+        f"clipping 10, batch 4 x 1 s (8 fixed batches in turn), params target {args.target} ramped over {w} steps, "
+        f"{args.steps} steps, the model's forward + backward + step timed (no data loading); shrinking: "
+        f"P(open) < {args.threshold} every {args.interval} steps",
+        f"- the teacher's forward alone: {teacher_s:.2f} s per batch (the part of a step shrinking cannot touch)",
+        "",
+        "| student | total s | median step s, ramp | median step s, last quarter | params at the end (M) "
+        "| exported params (M) | expected sparsity | distill loss, last quarter |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"Whole run with shrinking: **{ratio:.2f}x** the full-size run's time. Largest difference of the "
+        f"per-step distillation loss between the runs: {loss_gap:.4f}.",
+        markers(MARK)[1],
+    ])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup_steps", type=int, default=40, help="steps of the sparsity ramp")
+    parser.add_argument("--target", type=float, default=0.75)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--gate_lr", type=float, default=0.2,
+                        help="gate logits' lr: high enough for gates to close within a short run")
+    parser.add_argument("--lambda_lr", type=float, default=0.05)
+    parser.add_argument("--threshold", type=float, default=0.05)
+    parser.add_argument("--interval", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a tiny teacher: checks the script, times nothing")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = hubert_base_config()
+    if args.quick:
+        from espnet_plugin.models import tiny_config
+
+        config = tiny_config(num_layers=12)
+    teacher = SpeechEncoder(config).eval()
+    teacher_s = teacher_forward_seconds(teacher)
+    results = {}
+    for name, threshold in (("full size", None), ("shrinking", args.threshold)):
+        print(name, flush=True)
+        results[name] = run(teacher, args, threshold)
+    text = section(args, results, teacher_s)
+    print(text)
+    if not args.quick:
+        write_section(args.output, MARK, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
