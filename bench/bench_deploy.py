@@ -139,8 +139,9 @@ def render(machine: List[str], load: Sequence[Sequence[float]], command: str, pr
             f"- onnxruntime {__import__('onnxruntime').__version__}",
             f"- load average (1 / 5 / 15 min): {s1:.2f} / {s5:.2f} / {s15:.2f} at the start, "
             f"{e1:.2f} / {e5:.2f} / {e15:.2f} at the end, on {cores} logical cores",
-            "- **the machine was shared with other jobs during this run**: absolute times are inflated and "
-            "noisy; the ratios between back-ends, measured interleaved, are the more reliable figures",
+            *(["- **the machine was shared with other jobs during this run**: absolute times are inflated and "
+               "noisy; the ratios between back-ends, measured interleaved, are the more reliable figures"]
+              if max(s1, e1) > 0.75 * cores else []),
             f"- command: `{command}`",
             f"- protocol: {protocol}",
             "",

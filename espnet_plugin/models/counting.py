@@ -9,7 +9,7 @@ matrix products for a given duration of 16 kHz audio; norms and activations are 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Tuple
 
 import torch
 
@@ -69,6 +69,15 @@ def _any_open(openness: torch.Tensor) -> torch.Tensor:
     return 1.0 - torch.prod(1.0 - openness)
 
 
+def _sums(groups: List[torch.Tensor]) -> torch.Tensor:
+    """Expected open count of each group, as one vector."""
+    return torch.stack([group.sum() for group in groups])
+
+
+def _any_open_each(groups: List[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([_any_open(group) for group in groups])
+
+
 def frames_per_layer(conv_layers, samples: int) -> List[int]:
     frames = []
     for _, kernel, stride in conv_layers:
@@ -77,52 +86,64 @@ def frames_per_layer(conv_layers, samples: int) -> List[int]:
     return frames
 
 
+# The counts below are written as a few vector operations over layers, not a loop of scalar
+# ones: they run at every training step, and a small model's step is dominated by the number
+# of operations. Integer-valued terms summed in float64 stay exact.
+
+
+def _conv_channels(s: Structure) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(input channels, output channels) of every conv layer, as vectors."""
+    out_ch = _sums(s.conv_channels)
+    in_ch = torch.cat([out_ch.new_ones(1), out_ch[:-1]])
+    return in_ch, out_ch
+
+
 def count_params(cfg, s: Structure) -> torch.Tensor:
-    d = cfg.embed_dim
-    total = torch.zeros((), dtype=COUNT_DTYPE)
-    in_ch = torch.ones((), dtype=COUNT_DTYPE)
-    for i, (_, kernel, _) in enumerate(cfg.conv_layers):
-        out_ch = s.conv_channels[i].sum()
-        total = total + in_ch * out_ch * kernel
-        if cfg.conv_bias:
-            total = total + out_ch
-        if cfg.extractor_mode == "layer_norm" or i == 0:
-            total = total + 2 * out_ch
-        in_ch = out_ch
-    total = total + 2 * in_ch + (in_ch + 1) * d  # feature projection
-    total = total + d * (d // cfg.pos_conv_groups) * cfg.pos_conv_kernel + d + cfg.pos_conv_kernel
-    total = total + 2 * d  # encoder LayerNorm
+    d, dh = cfg.embed_dim, cfg.head_dim
+    kernels = torch.tensor([kernel for _, kernel, _ in cfg.conv_layers], dtype=COUNT_DTYPE)
+    per_channel = torch.tensor(
+        [float(cfg.conv_bias) + 2.0 * (cfg.extractor_mode == "layer_norm" or i == 0)
+         for i in range(len(cfg.conv_layers))], dtype=COUNT_DTYPE,
+    )  # conv bias, norm weight and bias
+    in_ch, out_ch = _conv_channels(s)
+    total = (in_ch * out_ch * kernels + out_ch * per_channel).sum()
+    total = total + out_ch[-1] * (2 + d)  # feature projection: LayerNorm + Linear weight
+    constant = d  # its bias
+    constant += d * (d // cfg.pos_conv_groups) * cfg.pos_conv_kernel + d + cfg.pos_conv_kernel
+    constant += 2 * d  # encoder LayerNorm
     if cfg.is_wavlm:
-        total = total + cfg.num_buckets * cfg.rel_pos_heads
-    dh = cfg.head_dim
-    pre_ln = 1.0 if cfg.layer_norm_first else 0.0
-    for heads, block, units, ffn in zip(s.heads, s.attention_blocks, s.ffn_units, s.ffn_blocks):
-        h, any_head = heads.sum(), _any_open(heads)
-        attention = d + h * dh * (3 * (d + 1) + d) + pre_ln * 2 * d * any_head
+        constant += cfg.num_buckets * cfg.rel_pos_heads
+    if not s.heads:
+        return total + constant
+    pre_ln = cfg.layer_norm_first
+    h, u = _sums(s.heads), _sums(s.ffn_units)
+    attention = d + h * (dh * (3 * (d + 1) + d))
+    feed_forward = d + u * (2 * d + 1)
+    if pre_ln or cfg.is_wavlm:
+        any_head = _any_open_each(s.heads)
+        if pre_ln:
+            attention = attention + (2 * d) * any_head
         if cfg.is_wavlm:
             attention = attention + any_head * (cfg.rel_pos_chunk * 8 + 8) + h
-        u, any_unit = units.sum(), _any_open(units)
-        feed_forward = d + u * (2 * d + 1) + pre_ln * 2 * d * any_unit
-        total = total + block * attention + ffn * feed_forward + (1.0 - pre_ln) * 4 * d
-    return total
+    if pre_ln:
+        feed_forward = feed_forward + (2 * d) * _any_open_each(s.ffn_units)
+    else:
+        constant += 4 * d * len(s.heads)  # both LayerNorms of every post-LN layer
+    blocks = (torch.stack(s.attention_blocks) * attention + torch.stack(s.ffn_blocks) * feed_forward).sum()
+    return total + blocks + constant
 
 
 def count_macs(cfg, s: Structure, seconds: float = 1.0) -> torch.Tensor:
     frames = frames_per_layer(cfg.conv_layers, int(round(seconds * SAMPLE_RATE)))
     t = frames[-1]
     d, dh = cfg.embed_dim, cfg.head_dim
-    total = torch.zeros((), dtype=COUNT_DTYPE)
-    in_ch = torch.ones((), dtype=COUNT_DTYPE)
-    for i, (_, kernel, _) in enumerate(cfg.conv_layers):
-        out_ch = s.conv_channels[i].sum()
-        total = total + frames[i] * in_ch * out_ch * kernel
-        in_ch = out_ch
-    total = total + t * in_ch * d
-    total = total + t * d * (d // cfg.pos_conv_groups) * cfg.pos_conv_kernel
-    for heads, block, units, ffn in zip(s.heads, s.attention_blocks, s.ffn_units, s.ffn_blocks):
-        h = heads.sum()
-        attention = t * h * dh * (4 * d + 2 * t)
-        if cfg.is_wavlm:
-            attention = attention + t * h * cfg.rel_pos_chunk * 8
-        total = total + block * attention + ffn * 2 * t * d * units.sum()
-    return total
+    weights = torch.tensor([f * kernel for f, (_, kernel, _) in zip(frames, cfg.conv_layers)], dtype=COUNT_DTYPE)
+    in_ch, out_ch = _conv_channels(s)
+    total = (in_ch * out_ch * weights).sum() + out_ch[-1] * (t * d)
+    constant = t * d * (d // cfg.pos_conv_groups) * cfg.pos_conv_kernel
+    if not s.heads:
+        return total + constant
+    per_head = t * dh * (4 * d + 2 * t) + (t * cfg.rel_pos_chunk * 8 if cfg.is_wavlm else 0)
+    attention = torch.stack(s.attention_blocks) * _sums(s.heads) * per_head
+    feed_forward = torch.stack(s.ffn_blocks) * _sums(s.ffn_units) * (2 * t * d)
+    return total + (attention + feed_forward).sum() + constant
