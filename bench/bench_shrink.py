@@ -46,7 +46,7 @@ def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[fl
     model = DistillPruneModel(
         build_student(teacher, gates), teacher,
         [{"name": "layer_to_layer", "conf": {"layer_map": LAYER_MAP}}],
-        target_sparsity=args.target, sparsity_warmup_steps=args.warmup_steps,
+        target_sparsity=args.target, sparsity_metric=args.metric, sparsity_warmup_steps=args.warmup_steps,
         shrink_threshold=threshold, shrink_interval=args.interval,
     ).train()
     optimizer = torch.optim.AdamW(model.parameter_groups(args.lr, args.gate_lr, args.lambda_lr), lr=args.lr,
@@ -73,6 +73,8 @@ def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[fl
     return {
         "times": times, "losses": losses, "sparsity": sparsity, "params": params,
         "final_params": int(model.student.expected_params(deterministic=True)),
+        "params_share": float(model.student.expected_params(deterministic=True)) / teacher.num_params(),
+        "macs_share": float(model.student.expected_macs(deterministic=True) / teacher.expected_macs()),
     }
 
 
@@ -87,7 +89,7 @@ def teacher_forward_seconds(teacher: SpeechEncoder, repeats: int = 5) -> float:
     return statistics.median(samples[1:])
 
 
-def section(args, results, teacher_s: float) -> str:
+def section(args, results, teacher_s: float, mark: str) -> str:
     full, shrunk = results["full size"], results["shrinking"]
     w = args.warmup_steps
     rows = []
@@ -97,34 +99,35 @@ def section(args, results, teacher_s: float) -> str:
         rows.append(
             f"| {name} | {sum(t):.0f} | {statistics.median(t[:w]):.2f} | {statistics.median(t[-tail:]):.2f} | "
             f"{r['params'][-1] / 1e6:.2f} | {r['final_params'] / 1e6:.3f} | {r['sparsity'][-1]:.4f} | "
-            f"{statistics.mean(r['losses'][-tail:]):.4f} |"
+            f"{statistics.mean(r['losses'][-tail:]):.4f} | {100 * r['params_share']:.1f} | {100 * r['macs_share']:.1f} |"
         )
     ratio = sum(shrunk["times"]) / sum(full["times"])
     loss_gap = max(abs(a - b) for a, b in zip(full["losses"], shrunk["losses"]))
     load = os.getloadavg()
     return "\n".join([
-        markers(MARK)[0],
-        "## Shrinking the student during stage 1 (`bench/bench_shrink.py`)",
+        markers(mark)[0],
+        f"## Shrinking the student during stage 1, {args.metric} budget (`bench/bench_shrink.py`)",
         "",
         f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; fp32",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
-        f"- command: `python bench/bench_shrink.py --steps {args.steps}`",
+        f"- command: `python bench/bench_shrink.py --steps {args.steps} --metric {args.metric}`",
         f"- run: HuBERT Base teacher and gated student (conv channels, heads, FFN units), random weights, L1 + cosine "
         f"on layers 0/4/8/12, AdamW (lr {args.lr}, gates {args.gate_lr}, multipliers {args.lambda_lr}), gradient "
-        f"clipping 10, batch 4 x 1 s (8 fixed batches in turn), params target {args.target} ramped over {w} steps, "
+        f"clipping 10, batch 4 x 1 s (8 fixed batches in turn), {args.metric} sparsity target {args.target} ramped over {w} steps, "
         f"{args.steps} steps, the model's forward + backward + step timed (no data loading); shrinking: "
         f"P(open) < {args.threshold} every {args.interval} steps",
         f"- the teacher's forward alone: {teacher_s:.2f} s per batch (the part of a step shrinking cannot touch)",
         "",
         "| student | total s | median step s, ramp | median step s, last quarter | params at the end (M) "
-        "| exported params (M) | expected sparsity | distill loss, last quarter |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| exported params (M) | expected sparsity | distill loss, last quarter | exported params, % of teacher "
+        "| exported MACs, % of teacher |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         f"Whole run with shrinking: **{ratio:.2f}x** the full-size run's time. Largest difference of the "
         f"per-step distillation loss between the runs: {loss_gap:.4f}.",
-        markers(MARK)[1],
+        markers(mark)[1],
     ])
 
 
@@ -133,7 +136,8 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup_steps", type=int, default=40, help="steps of the sparsity ramp")
-    parser.add_argument("--target", type=float, default=0.75)
+    parser.add_argument("--target", type=float, default=0.75, help="sparsity target")
+    parser.add_argument("--metric", choices=("params", "macs"), default="params", help="what the budget counts")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--gate_lr", type=float, default=0.2,
                         help="gate logits' lr: high enough for gates to close within a short run")
@@ -156,10 +160,11 @@ def main() -> int:
     for name, threshold in (("full size", None), ("shrinking", args.threshold)):
         print(name, flush=True)
         results[name] = run(teacher, args, threshold)
-    text = section(args, results, teacher_s)
+    mark = MARK if args.metric == "params" else f"{MARK}_{args.metric}"
+    text = section(args, results, teacher_s, mark)
     print(text)
     if not args.quick:
-        write_section(args.output, MARK, text)
+        write_section(args.output, mark, text)
     return 0
 
 
