@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from espnet_plugin.gates import HardConcreteGate
-from espnet_plugin.models.config import GateConfig
+from espnet_plugin.models.config import EncoderConfig, GateConfig
 from espnet_plugin.models.model import SpeechEncoder
 
 KeepRule = Callable[[Optional[HardConcreteGate], int], torch.Tensor]
@@ -80,7 +80,7 @@ def kept_units(model: SpeechEncoder, rule: KeepRule) -> KeptUnits:
     return kept
 
 
-def sliced_config(model: SpeechEncoder, kept: KeptUnits, gates: GateConfig):
+def sliced_config(model: SpeechEncoder, kept: KeptUnits, gates: GateConfig) -> EncoderConfig:
     cfg = copy.deepcopy(model.config)
     cfg.gates = gates
     for spec, keep in zip(cfg.conv_layers, kept.conv):
