@@ -99,6 +99,10 @@ def test_export_prunes_to_the_requested_size(stage1, workdir, tmp_path):
     student = espnet_plugin.load_model(out)
     assert summary["params"] == student.num_params()
     assert abs(student.num_params() / teacher.num_params() - 0.5) < 0.005
+    # the export moved the deterministic masks onto the budget (docs/pruning.md, "Export on budget")
+    fit = summary["budget_fit"]
+    assert fit["metric"] == "params" and fit["exported"] == student.num_params()
+    assert abs(fit["exported"] - fit["target"]) <= 0.005 * fit["target"]
     for name in ("architecture.png", "training.png", "distill_loss.pth"):
         assert (out / name).stat().st_size > 0
     # checkpoints hold the student only: never the teacher

@@ -159,3 +159,59 @@ def test_counts_are_exact_at_large_scale():
     assert counted.dtype == torch.float64 and counted.item() == real
     assert count_macs(full, structure).item() == model.expected_macs().item()
     assert model.expected_params().item() == real
+
+
+@pytest.mark.parametrize("metric", ["params", "macs"])
+def test_fit_to_budget_exports_within_tolerance_of_the_target(metric, wavs):
+    """The deterministic masks miss a budget by each group's rounding; the fitted export lands
+    within 0.5 % of it, and the summary's count is the exported model's real count."""
+    from espnet_plugin.models.counting import count_macs, count_params
+    from espnet_plugin.pruning.prune import fit_to_budget
+
+    gated = gated_model("wavlm", True).eval()
+    cfg = gated.config
+
+    def cost(structure):
+        return count_params(cfg, structure) if metric == "params" else count_macs(cfg, structure, 2.0)
+
+    deterministic = float(cost(gated.structure(deterministic=True)))
+    for target in (0.8 * deterministic, 1.15 * deterministic):
+        keep, fit = fit_to_budget(gated, cost, target, tolerance=0.005)
+        pruned = prune_model(gated, keep)
+        real = pruned.num_params() if metric == "params" else pruned.expected_macs(seconds=2.0).item()
+        assert fit.deterministic == deterministic and fit.fitted == real
+        assert abs(real - target) <= 0.005 * target
+        assert fit.units_changed > 0
+        with torch.no_grad():
+            assert len(pruned(wavs)[0]) == len(gated.layers) + 1
+    # on target already: nothing moves, the export is the deterministic one
+    keep, fit = fit_to_budget(gated, cost, deterministic, tolerance=0.005)
+    assert fit.units_changed == 0 and prune_model(gated, keep).config == prune_model(gated).config
+
+
+def test_fit_to_budget_opens_the_closed_units_nearest_the_threshold():
+    """Under the target, the units opened are the closed ones with the largest log_alpha,
+    across groups; over it, the open ones with the smallest, never below a gate's min_keep."""
+    from espnet_plugin.models.counting import count_params
+    from espnet_plugin.pruning.prune import fit_to_budget, kept_units
+
+    gated = gated_model("hubert", False).eval()
+    before = [gate.deterministic_mask() for gate in gated.gates()]
+    deterministic = float(gated.expected_params(deterministic=True))
+    for factor in (1.1, 0.9):
+        keep, fit = fit_to_budget(gated, lambda s: count_params(gated.config, s), factor * deterministic)
+        moved, stayed = [], []
+        for gate, mask in zip(gated.gates(), before):
+            now = torch.zeros(gate.n)
+            now[keep(gate, gate.n)] = 1.0
+            assert now.sum() >= min(gate.min_keep, mask.sum())
+            changed = now != mask
+            moved += gate.log_alpha[changed].tolist()
+            stayed += gate.log_alpha[~changed & ((mask > 0.5) if factor < 1 else (mask < 0.5))].tolist()
+        assert len(moved) == fit.units_changed > 0
+        # the band is reached with the first units in log_alpha order, skipping only those too large
+        if factor > 1:
+            assert max(moved) >= max(stayed, default=-1e9)
+        else:
+            assert min(moved) <= min(stayed, default=1e9)
+    assert kept_units(gated, keep).total() > 0

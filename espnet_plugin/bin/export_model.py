@@ -21,6 +21,12 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, required=True, help="the experiment's config.yaml")
     parser.add_argument("--checkpoint", type=Path, required=True, help="a model file of the experiment (*.pth)")
     parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument(
+        "--fit_tolerance", type=float, default=0.005,
+        help="a stage-1 export opens / closes the units nearest the threshold (by log_alpha) until the budget's "
+        "params or MACs are within this fraction of the target (docs/pruning.md, 'Export on budget'); 0 or less: "
+        "export the deterministic masks as they are",
+    )
     return parser
 
 
@@ -32,7 +38,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {path}: no such file", file=sys.stderr)
             return 2
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    summary = export(args.config, args.checkpoint, args.output_dir)
+    summary = export(args.config, args.checkpoint, args.output_dir,
+                     args.fit_tolerance if args.fit_tolerance > 0 else None)
+    if "budget_fit" in summary:
+        fit = summary["budget_fit"]
+        logging.info("budget fit (%s): deterministic masks %d, target %d, exported %d (%d units moved)",
+                     fit["metric"], fit["deterministic_masks"], fit["target"], fit["exported"], fit["units_changed"])
     logging.info(
         "exported %s: %.3f M params (%.1f %% sparsity), %.3f G MACs/s (%.1f %% sparsity)",
         args.output_dir,

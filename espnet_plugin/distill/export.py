@@ -3,14 +3,15 @@
 Writes, in ``output_dir``: the compact model (``config.yaml`` + ``model.safetensors``);
 ``distill_loss.pth``, the distillation heads / projections for the next stage's
 ``--init_param``; ``summary.yaml`` (params, MACs, per-layer heads / FFN units / conv
-channels, sparsity against the teacher and the target); ``architecture.png``; and, when the
+channels, sparsity against the teacher and the target, and ``budget_fit``: how far the
+deterministic masks were from the budget and how many units the export moved to meet it); ``architecture.png``; and, when the
 experiment directory has ESPnet's ``checkpoint.pth``, ``training.png`` (sparsity, lambdas
 and losses per epoch). Command line: ``python -m espnet_plugin.bin.export_model``.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import yaml
@@ -19,10 +20,28 @@ from espnet_plugin.compact import save_model
 from espnet_plugin.distill.report import plot_architecture, plot_training, training_history
 from espnet_plugin.models.model import load_weights_strictly
 from espnet_plugin.models.summary import architecture_summary
+from espnet_plugin.models.counting import count_macs, count_params
 from espnet_plugin.pruning import prune_model
+from espnet_plugin.pruning.prune import BudgetFit, KeepRule, fit_to_budget
 
 
-def export(config: Path, checkpoint: Path, output_dir: Path) -> Dict[str, Any]:
+def budget_keep(model, tolerance: float) -> Tuple[KeepRule, BudgetFit]:
+    """The units to export so that the stage-1 budget's metric lands within ``tolerance`` of
+    its target (:func:`fit_to_budget`)."""
+    cfg, seconds = model.student.config, model.cost_seconds
+    if model.sparsity_metric == "params":
+        def cost(structure):
+            return count_params(cfg, structure)
+    else:
+        def cost(structure):
+            return count_macs(cfg, structure, seconds)
+    target = (1.0 - model.lagrangian.target_sparsity) * model.reference_cost
+    return fit_to_budget(model.student, cost, target, tolerance)
+
+
+def export(config: Path, checkpoint: Path, output_dir: Path, fit_tolerance: Optional[float] = 0.005) -> Dict[str, Any]:
+    """``fit_tolerance``: move a gated student's masks until the budget's metric is within this
+    fraction of its target (None: export the deterministic masks as they are)."""
     from espnet_plugin.tasks.distill_prune import DistillPruneTask
 
     model, args = DistillPruneTask.build_model_from_file(config, None, device="cpu")
@@ -36,7 +55,14 @@ def export(config: Path, checkpoint: Path, output_dir: Path) -> Dict[str, Any]:
     )
     model.eval()
     student = model.student
-    dense = prune_model(student) if student.config.gates.any else student
+    fit = None
+    if not student.config.gates.any:
+        dense = student
+    elif model.lagrangian is not None and fit_tolerance is not None:
+        keep, fit = budget_keep(model, fit_tolerance)
+        dense = prune_model(student, keep)
+    else:
+        dense = prune_model(student)
     teacher = model.teacher
     summary = architecture_summary(dense, model.cost_seconds)
     teacher_summary = architecture_summary(teacher, model.cost_seconds)
@@ -48,6 +74,8 @@ def export(config: Path, checkpoint: Path, output_dir: Path) -> Dict[str, Any]:
     )
     if model.lagrangian is not None:
         summary["target"] = {"metric": model.sparsity_metric, "sparsity": model.lagrangian.target_sparsity}
+        if fit is not None:
+            summary["budget_fit"] = {"metric": model.sparsity_metric, "tolerance": fit_tolerance, **fit.as_dict()}
     elif args.student_path and (Path(args.student_path) / "summary.yaml").is_file():
         # stage 2 has no regulariser: keep the budget its stage-1 student was pruned to
         previous = yaml.safe_load((Path(args.student_path) / "summary.yaml").read_text(encoding="utf-8")) or {}

@@ -36,15 +36,20 @@ class Structure:
     @classmethod
     def of_model(cls, model, deterministic: bool) -> "Structure":
         gates = model.gates()
-        by_gate = {}
+        values: List[torch.Tensor] = []
         if gates:
             # one operation (and one conversion to float64) for all gates, then views
             if deterministic:
-                values = torch.cat([gate.deterministic_mask() for gate in gates])
+                flat = torch.cat([gate.deterministic_mask() for gate in gates])
             else:
-                values = open_probabilities(gates)
-            values = values.to(COUNT_DTYPE).split([gate.n for gate in gates])
-            by_gate = {id(gate): value for gate, value in zip(gates, values)}
+                flat = open_probabilities(gates)
+            values = list(flat.to(COUNT_DTYPE).split([gate.n for gate in gates]))
+        return cls.of_gate_values(model, gates, values)
+
+    @classmethod
+    def of_gate_values(cls, model, gates, values: List[torch.Tensor]) -> "Structure":
+        """The structure with ``values[i]`` as the openness of ``gates[i]`` (``model.gates()``)."""
+        by_gate = {id(gate): value for gate, value in zip(gates, values)}
 
         def openness(gate, n: int, present: bool = True) -> torch.Tensor:
             if not present:

@@ -6,7 +6,8 @@ columns. :func:`prune_model` keeps the deterministic masks' units and drops the 
 export; it computes the same function as the gated model in eval mode). :func:`shrink_model`
 keeps every unit whose gate is still open with probability ``threshold`` or more and keeps the
 gates, so training continues on the smaller model (docs/pruning.md, "Shrinking during
-training"). Closed blocks disappear; a block whose every unit closed keeps only its output
+training"). :func:`fit_to_budget` moves the deterministic masks onto the budget before an
+export (docs/pruning.md, "Export on budget"). Closed blocks disappear; a block whose every unit closed keeps only its output
 bias (a constant on the residual stream).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from espnet_plugin.gates import HardConcreteGate
 from espnet_plugin.models.config import EncoderConfig, GateConfig
+from espnet_plugin.models.counting import COUNT_DTYPE, Structure
 from espnet_plugin.models.model import SpeechEncoder
 
 KeepRule = Callable[[Optional[HardConcreteGate], int], torch.Tensor]
@@ -153,10 +155,88 @@ def sliced_model(model: SpeechEncoder, kept: KeptUnits, gates: GateConfig) -> Tu
     return smaller.train(model.training), full_plan
 
 
-def prune_model(model: SpeechEncoder) -> SpeechEncoder:
-    """The dense, gate-free model equal to ``model`` at its deterministic masks."""
-    pruned, _ = sliced_model(model, kept_units(model, deterministic_keep), GateConfig())
+def prune_model(model: SpeechEncoder, keep: KeepRule = deterministic_keep) -> SpeechEncoder:
+    """The dense, gate-free model of the units ``keep`` chooses; by default the deterministic
+    masks' units, so that it equals ``model`` in eval mode."""
+    pruned, _ = sliced_model(model, kept_units(model, keep), GateConfig())
     return pruned.eval()
+
+
+@dataclass
+class BudgetFit:
+    """What :func:`fit_to_budget` changed: the cost before and after, and how many units."""
+
+    target: float
+    deterministic: float
+    fitted: float
+    units_changed: int
+
+    def as_dict(self) -> Dict[str, float]:
+        return {"target": round(self.target), "deterministic_masks": round(self.deterministic),
+                "exported": round(self.fitted), "units_changed": self.units_changed}
+
+
+def _unit_gates(model: SpeechEncoder) -> List[Tuple[HardConcreteGate, Optional[HardConcreteGate]]]:
+    """Every gate of conv channels, heads or FFN units, with the gate of its block (if any)."""
+    pairs = [(layer.gate, None) for layer in model.feature_extractor.conv_layers if layer.gate is not None]
+    for layer in model.layers:
+        if layer.attention is not None and layer.attention.gate is not None:
+            pairs.append((layer.attention.gate, layer.attention_block_gate))
+        if layer.ffn is not None and layer.ffn.gate is not None:
+            pairs.append((layer.ffn.gate, layer.ffn_block_gate))
+    return pairs
+
+
+@torch.no_grad()
+def fit_to_budget(
+    model: SpeechEncoder, cost: Callable[[Structure], torch.Tensor], target: float, tolerance: float = 0.005,
+) -> Tuple[KeepRule, BudgetFit]:
+    """The deterministic masks, moved until ``cost`` of the kept units is within ``tolerance``
+    (relative) of ``target``.
+
+    Each group's deterministic mask keeps round(expected open count) units, so the exported
+    cost misses the budget by the rounding of every group and by E[a b] != E[a] E[b] of the
+    cost's products; a budget that has not settled adds its own gap. Under the target, closed
+    units are opened in order of decreasing ``log_alpha`` (across all groups); over it, open
+    units are closed in order of increasing ``log_alpha`` (never below a gate's ``min_keep``).
+    A unit that would cross the band is skipped, so the smallest units fine-tune the end.
+    Blocks keep their deterministic masks, and no unit of a closed block is opened.
+    """
+    gates = model.gates()
+    masks = [gate.deterministic_mask().to(COUNT_DTYPE).cpu() for gate in gates]
+
+    def total() -> float:
+        return float(cost(Structure.of_gate_values(model, gates, masks)))
+
+    start = current = total()
+    index = {id(gate): i for i, gate in enumerate(gates)}
+    opening = current < target
+    candidates = []
+    for gate, block in _unit_gates(model):
+        if block is not None and masks[index[id(block)]][0] < 0.5:
+            continue
+        g = index[id(gate)]
+        scores = gate.log_alpha.detach().cpu().tolist()
+        candidates += [(score, g, i) for i, score in enumerate(scores) if (masks[g][i] < 0.5) == opening]
+    candidates.sort(reverse=opening)
+    changed = 0
+    for _, g, i in candidates:
+        if abs(current - target) <= tolerance * target:
+            break
+        if not opening and int(masks[g].sum()) <= gates[g].min_keep:
+            continue
+        masks[g][i] = 1.0 if opening else 0.0
+        after = total()
+        if (after > target * (1 + tolerance)) if opening else (after < target * (1 - tolerance)):
+            masks[g][i] = 0.0 if opening else 1.0  # would cross the band: try a smaller unit
+            continue
+        current, changed = after, changed + 1
+    kept = {id(gate): torch.nonzero(mask > 0.5).flatten() for gate, mask in zip(gates, masks)}
+
+    def keep(gate: Optional[HardConcreteGate], n: int) -> torch.Tensor:
+        return torch.arange(n) if gate is None else kept[id(gate)]
+
+    return keep, BudgetFit(target, start, current, changed)
 
 
 def shrink_model(model: SpeechEncoder, threshold: float) -> Optional[Tuple[SpeechEncoder, SlicePlan]]:
