@@ -28,7 +28,7 @@ from typing import List
 __all__ = ["UPSTREAM_NAMES", "register", "config_path", "CONFIG_DIR"]
 
 #: the names register() adds to s3prl.hub (functions of s3prl_upstream.espnet_compress.hubconf).
-UPSTREAM_NAMES = ("espnet_compress_local", "espnet_compress")
+UPSTREAM_NAMES = ("espnet_compress_local", "espnet_compress", "espnet_compress_onnx")
 
 #: downstream configs shipped with the package (the pip s3prl has none).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

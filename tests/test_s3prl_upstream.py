@@ -73,7 +73,8 @@ def test_register_is_idempotent_and_listed(hub):
     from s3prl.nn import S3PRLUpstream
     from s3prl_upstream.espnet_compress import hubconf
 
-    assert s3prl_upstream.register() == s3prl_upstream.register() == ["espnet_compress_local", "espnet_compress"]
+    assert s3prl_upstream.register() == s3prl_upstream.register() == [
+        "espnet_compress_local", "espnet_compress", "espnet_compress_onnx"]
     for name in s3prl_upstream.UPSTREAM_NAMES:
         assert name in S3PRLUpstream.available_names() and name in hub.options()
         assert getattr(hub, name) is getattr(hubconf, name)
@@ -309,7 +310,17 @@ def test_run_downstream_ks_train_evaluate_resume(hub, model_dir, tmp_path):
 
     output = run_downstream(["-m", "evaluate", "-e", exp / "states-4.ckpt", "-t", "test", "--device", "cpu"], cwd=tmp_path)
     assert "test acc:" in output
-    assert len((exp / "test_predict.txt").read_text().splitlines()) == 12
+    predictions = (exp / "test_predict.txt").read_text()
+    assert len(predictions.splitlines()) == 12
+
+    # the same trained downstream on the model's ONNX export (how bench/bench_export_accuracy.py
+    # measures each deployed format): identical predictions in fp32
+    from espnet_plugin.deploy.onnx_export import export_onnx
+
+    onnx_file = export_onnx(espnet_plugin.load_model(model_dir), tmp_path / "model.onnx")
+    run_downstream(["-m", "evaluate", "-e", exp / "states-4.ckpt", "-t", "test", "--device", "cpu",
+                    "-o", f"args.upstream=espnet_compress_onnx,,args.upstream_ckpt={onnx_file}"], cwd=tmp_path)
+    assert (exp / "test_predict.txt").read_text() == predictions
 
     output = run_downstream(["-m", "train", "-e", exp, "-o", "config.runner.total_steps=6", "--device", "cpu"], cwd=tmp_path)
     assert f"Resume from {exp / 'states-4.ckpt'}" in output
@@ -504,3 +515,54 @@ def test_shim_sid_cache_is_per_dataset(tmp_path, monkeypatch):
     (cache_a, files_a), (cache_b, files_b) = seen
     assert cache_a != cache_b and str(tmp_path / "cache") in cache_a
     assert files_a != files_b  # dataset b did not reuse a's cached list
+
+
+# ------------------------------------------------------------------ deployed formats
+@pytest.fixture(scope="module")
+def onnx_files(model_dir, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from espnet_plugin.deploy.onnx_export import export_onnx, quantize_int8
+
+    fp32 = export_onnx(espnet_plugin.load_model(model_dir), tmp_path_factory.mktemp("onnx") / "model.onnx")
+    return fp32, quantize_int8(fp32)
+
+
+def test_onnx_upstream_matches_the_torch_upstream(hub, model_dir, onnx_files):
+    """The exported file through s3prl (fp32: within the export's 1e-4; int8: same shapes and
+    lengths, close) and the torch model under bf16 autocast (close, not equal)."""
+    from s3prl.nn import S3PRLUpstream
+
+    fp32, int8 = onnx_files
+    wavs, wavs_len = padded_batch([16000, 12000, 800])
+    with torch.no_grad():
+        reference, ref_len = upstream(hub, model_dir).eval()(wavs, wavs_len)
+        onnx_hs, onnx_len = S3PRLUpstream("espnet_compress_onnx", path_or_url=str(fp32)).eval()(wavs, wavs_len)
+        int8_hs, int8_len = S3PRLUpstream("espnet_compress_onnx", path_or_url=str(int8)).eval()(wavs, wavs_len)
+        bf16 = S3PRLUpstream(NAME, path_or_url=str(model_dir), extra_conf={"precision": "bf16"}).eval()
+        bf16_hs, bf16_len = bf16(wavs, wavs_len)
+    assert len(onnx_hs) == len(int8_hs) == len(bf16_hs) == len(reference) == 4
+    for ref, lens, hs, hs_len in zip(reference, ref_len, onnx_hs, onnx_len):
+        assert torch.equal(hs_len, lens) and (hs - ref).abs().max() < 1e-4
+    scale = max(h.abs().max() for h in reference)
+    for other, other_len in ((int8_hs, int8_len), (bf16_hs, bf16_len)):
+        worst = max((h - ref).abs().max() for h, ref in zip(other, reference))
+        assert all(torch.equal(a, b) for a, b in zip(other_len, ref_len))
+        assert 0 < worst < 0.2 * scale
+        assert all(h.dtype == torch.float32 for h in other)
+
+
+def test_onnx_upstream_refuses_files_it_cannot_run(hub, tmp_path, model_dir):
+    from s3prl_upstream.espnet_compress.expert import OnnxUpstreamExpert, UpstreamExpert
+
+    with pytest.raises(FileNotFoundError, match="no such ONNX file"):
+        OnnxUpstreamExpert(tmp_path / "missing.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=f"{garbage}: not a loadable ONNX file"):
+        OnnxUpstreamExpert(garbage)
+    plain = tmp_path / "plain.onnx"  # a graph exported without this package's metadata
+    torch.onnx.export(torch.nn.Linear(4, 4), (torch.zeros(1, 4),), str(plain), dynamo=False)
+    with pytest.raises(ValueError, match="no .*downsample_rate.* export it with"):
+        OnnxUpstreamExpert(plain)
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        UpstreamExpert(model_dir, model_config={"precision": "fp16"})

@@ -11,7 +11,9 @@ lengths; batch, sample and frame axes are dynamic:
 Hidden state i is what ``SpeechEncoder.extract_hidden_states`` returns at index i (see
 docs/model_format.md); frames past ``frame_lengths`` are padding. The graph does not repeat
 ``extract_hidden_states``' input checks (lengths within the padded size and at least the
-receptive field, finite samples): the caller guarantees them.
+receptive field, finite samples): the caller guarantees them. The file's ``metadata_props``
+record the downsampling rate, the receptive field (in samples) and the exported hidden-state
+indices (``espnet_compress.*`` keys; :func:`read_metadata`).
 
 Export uses PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``),
 which needs only the ``onnx`` package.
@@ -42,6 +44,11 @@ EXPORT_SECONDS = 1.0  # length of the example batch traced at export (any length
 # verification batch: lengths unlike the export example, the shorter ones padded
 VERIFY_SECONDS = (1.7, 1.1, 0.6)
 INT8_OP_TYPES = ("MatMul",)
+# metadata_props of an exported file: what a runtime needs besides the graph (s3prl's
+# espnet_compress_onnx upstream reads them)
+METADATA_DOWNSAMPLE_RATE = "espnet_compress.downsample_rate"
+METADATA_RECEPTIVE_FIELD = "espnet_compress.receptive_field"
+METADATA_LAYERS = "espnet_compress.hidden_states"
 
 # Known, harmless warnings of the TorchScript exporter: its deprecation notice, and GroupNorm's
 # batch-size check, which the tracer reports as a Python bool that does not vary with the input.
@@ -140,6 +147,12 @@ def export_onnx(
     # batch 2, one utterance padded: the traced graph takes the masked path
     wavs, lengths = example_batch((EXPORT_SECONDS, EXPORT_SECONDS * 0.75))
 
+    metadata = {
+        METADATA_DOWNSAMPLE_RATE: str(model.downsample_rate),
+        METADATA_RECEPTIVE_FIELD: str(model.receptive_field),
+        METADATA_LAYERS: ",".join(str(i) for i in chosen),
+    }
+
     def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             for message in _QUIET:
@@ -155,11 +168,28 @@ def export_onnx(
                 do_constant_folding=True,
                 dynamo=False,
             )
+        add_metadata(tmp, metadata)
 
     try:
         return atomic_write(output, write)
     except OSError as exc:
         raise OnnxExportError(f"{output}: cannot write the ONNX file ({exc.strerror or exc})") from exc
+
+
+def add_metadata(path: PathLike, metadata: Dict[str, str]) -> None:
+    """Write ``metadata`` into the ONNX file's ``metadata_props`` (kept by int8 quantisation)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def read_metadata(sess) -> Dict[str, str]:
+    """The ``metadata_props`` of a session's model ({} for a file from elsewhere)."""
+    return dict(sess.get_modelmeta().custom_metadata_map)
 
 
 def session(path: PathLike, threads: Optional[int] = None):
@@ -260,6 +290,7 @@ __all__ = [
     "int8_path",
     "max_error",
     "quantize_int8",
+    "read_metadata",
     "resolve_layers",
     "run_onnx",
     "session",
