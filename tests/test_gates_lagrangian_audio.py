@@ -1,12 +1,16 @@
-"""Hard-concrete gate statistics, the sparsity Lagrangian, and audio input errors."""
+"""Hard-concrete gate statistics, the sparsity Lagrangian (and the joint params + MAC budget), and
+audio input errors."""
 import numpy as np
 import pytest
 import soundfile
 import torch
 
+from espnet_plugin.distill.model import DistillPruneModel
 from espnet_plugin.gates import HardConcreteGate
+from espnet_plugin.models import GateConfig, SpeechEncoder, with_gates
 from espnet_plugin.pruning import SparsityLagrangian
 from espnet_plugin.utils.audio import AudioError, read_audio, synthesize
+from tests.conftest import randomize_, tiny_config
 
 
 def test_prob_open_matches_sampled_frequency():
@@ -93,3 +97,30 @@ def test_synthesize_speaks_at_16k():
     wav = synthesize("hello world", voice="en-us+f3")
     assert wav.dtype == torch.float32 and 0.3 * 16000 < len(wav) < 3 * 16000
     assert wav.abs().max() > 0.01
+
+
+def test_joint_budget_adds_a_mac_term_with_its_own_multipliers(wavs):
+    """model_conf.macs_target_sparsity: a MAC budget beside the params budget; both terms are
+    in the loss, their four multipliers ascend in one group, and both pull sparsity up."""
+    torch.manual_seed(1)
+    teacher = randomize_(SpeechEncoder(tiny_config(num_layers=3, heads=4, ffn=48)), std=0.2)
+    losses = [{"name": "layer_to_layer", "conf": {"layer_map": [[0, 0], [3, 3]]}}]
+    model = DistillPruneModel(with_gates(teacher, GateConfig.all_on()), teacher, losses, target_sparsity=0.5,
+                              sparsity_warmup_steps=50, macs_target_sparsity=0.5)
+    assert len(model.multipliers()) == 4 and model.group_members()[-1] == model.multipliers()
+    assert {"macs_lagrangian.lambda1", "macs_lagrangian.lambda2"} <= set(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameter_groups(1e-3, 0.1, 0.05), lr=1e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(120):
+        loss, stats, _ = model(wavs, torch.tensor([4000, 3100]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert stats["macs_target_sparsity"] == pytest.approx(0.5) and stats["target_sparsity"] == pytest.approx(0.5)
+    assert stats["macs_lambda1"] < 0 and stats["lambda1"] < 0  # both budgets ask for more sparsity
+    assert stats["expected_sparsity"] > 0.3 and stats["macs_expected_sparsity"] > 0.3
+    # its MAC sparsity is the cost model's, against the teacher's MACs at cost_seconds
+    assert float(model.expected_macs_sparsity()) == pytest.approx(float(stats["macs_expected_sparsity"]), abs=0.05)
+    for bad in ({"sparsity_metric": "macs", "target_sparsity": 0.5}, {"target_sparsity": None}):
+        with pytest.raises(ValueError, match="macs_target_sparsity is a second budget beside a params budget"):
+            DistillPruneModel(with_gates(teacher, GateConfig.all_on()), teacher, losses, macs_target_sparsity=0.5, **bad)

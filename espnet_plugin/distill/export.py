@@ -74,6 +74,8 @@ def export(config: Path, checkpoint: Path, output_dir: Path, fit_tolerance: Opti
     )
     if model.lagrangian is not None:
         summary["target"] = {"metric": model.sparsity_metric, "sparsity": model.lagrangian.target_sparsity}
+        if model.macs_lagrangian is not None:
+            summary["target"]["macs_sparsity"] = model.macs_lagrangian.target_sparsity
         if fit is not None:
             summary["budget_fit"] = {"metric": model.sparsity_metric, "tolerance": fit_tolerance, **fit.as_dict()}
     elif args.student_path and (Path(args.student_path) / "summary.yaml").is_file():

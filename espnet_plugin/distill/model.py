@@ -63,6 +63,7 @@ class DistillPruneModel(AbsESPnetModel):
         cost_seconds: Optional[float] = None,
         shrink_threshold: Optional[float] = None,
         shrink_interval: int = 100,
+        macs_target_sparsity: Optional[float] = None,
     ) -> None:
         super().__init__()
         if sparsity_metric not in SPARSITY_METRICS:
@@ -85,6 +86,16 @@ class DistillPruneModel(AbsESPnetModel):
                      else teacher.expected_macs(seconds=self.cost_seconds).item())
         # a Python float (float64), not a buffer: ESPnet's cast to train_dtype would round it
         self.reference_cost = float(reference)
+        # a second budget on MACs beside the params budget (docs/pruning.md, "Joint budget")
+        self.macs_lagrangian: Optional[SparsityLagrangian] = None
+        if macs_target_sparsity is not None:
+            if self.lagrangian is None or sparsity_metric != "params":
+                raise ValueError(
+                    "macs_target_sparsity is a second budget beside a params budget: set target_sparsity and "
+                    "sparsity_metric: params (for a MAC budget alone use sparsity_metric: macs)"
+                )
+            self.macs_lagrangian = SparsityLagrangian(macs_target_sparsity, sparsity_warmup_steps)
+            self.macs_reference = float(teacher.expected_macs(seconds=self.cost_seconds).item())
         self.crop_to_shortest = crop_to_shortest
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         self.nonfinite_guard = NonFiniteGuard()
@@ -111,6 +122,15 @@ class DistillPruneModel(AbsESPnetModel):
             cost = self.student.expected_macs(deterministic, seconds=self.cost_seconds)
         return 1.0 - cost / self.reference_cost
 
+    def expected_macs_sparsity(self, deterministic: bool = False) -> torch.Tensor:
+        """MAC sparsity against the teacher, for the joint budget's second term."""
+        return 1.0 - self.student.expected_macs(deterministic, seconds=self.cost_seconds) / self.macs_reference
+
+    def multipliers(self) -> List[nn.Parameter]:
+        """Every Lagrange multiplier (of the budget and, if set, of the MAC budget beside it)."""
+        lagrangians = [lagrangian for lagrangian in (self.lagrangian, self.macs_lagrangian) if lagrangian is not None]
+        return [p for lagrangian in lagrangians for p in lagrangian.multipliers()]
+
     def forward(
         self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
@@ -133,14 +153,23 @@ class DistillPruneModel(AbsESPnetModel):
             step = int(self.num_steps)
             sparsity = self.expected_sparsity().float()  # exact counts in float64, the loss in float32
             penalty = self.lagrangian(sparsity, step)
-            loss = loss + penalty
             stats.update(
                 expected_sparsity=sparsity.detach(),
                 target_sparsity=torch.tensor(self.lagrangian.target_at(step)),
                 lambda1=self.lagrangian.lambda1.detach(),
                 lambda2=self.lagrangian.lambda2.detach(),
-                lagrangian=penalty.detach(),
             )
+            if self.macs_lagrangian is not None:
+                macs_sparsity = self.expected_macs_sparsity().float()
+                penalty = penalty + self.macs_lagrangian(macs_sparsity, step)
+                stats.update(
+                    macs_expected_sparsity=macs_sparsity.detach(),
+                    macs_target_sparsity=torch.tensor(self.macs_lagrangian.target_at(step)),
+                    macs_lambda1=self.macs_lagrangian.lambda1.detach(),
+                    macs_lambda2=self.macs_lagrangian.lambda2.detach(),
+                )
+            loss = loss + penalty
+            stats["lagrangian"] = penalty.detach()
             if self.training:
                 self.num_steps += 1
         if self.training:
@@ -158,7 +187,7 @@ class DistillPruneModel(AbsESPnetModel):
         (if any), Lagrange multipliers (if any)."""
         gates = self.student.gate_parameters()
         gate_ids = {id(p) for p in gates}
-        lambdas = self.lagrangian.multipliers() if self.lagrangian is not None else []
+        lambdas = self.multipliers()
         lambda_ids = {id(p) for p in lambdas}
         main = [p for p in self.parameters() if id(p) not in gate_ids | lambda_ids and p.requires_grad]
         return [main] + ([gates] if gates else []) + ([lambdas] if lambdas else [])

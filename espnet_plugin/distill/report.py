@@ -59,8 +59,9 @@ def plot_training(history: Dict[str, List[float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [
-        ("sparsity", ["train/expected_sparsity", "train/target_sparsity", "valid/expected_sparsity"]),
-        ("Lagrange multipliers", ["train/lambda1", "train/lambda2"]),
+        ("sparsity", ["train/expected_sparsity", "train/target_sparsity", "valid/expected_sparsity",
+                      "train/macs_expected_sparsity", "train/macs_target_sparsity"]),
+        ("Lagrange multipliers", ["train/lambda1", "train/lambda2", "train/macs_lambda1", "train/macs_lambda2"]),
         ("losses", ["train/distill", "valid/distill", "train/loss", "valid/loss"]),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
