@@ -26,9 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import markers, write_section  # noqa: E402
+from espnet_plugin.distill.export import budget_keep  # noqa: E402
 from espnet_plugin.distill.model import DistillPruneModel  # noqa: E402
 from espnet_plugin.distill.student import build_student  # noqa: E402
 from espnet_plugin.models import GateConfig, SpeechEncoder, hubert_base_config  # noqa: E402
+from espnet_plugin.pruning import prune_model  # noqa: E402
 from espnet_plugin.utils.machine import cpu_name  # noqa: E402
 
 MARK = "bench_shrink"
@@ -47,7 +49,7 @@ def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[fl
         build_student(teacher, gates), teacher,
         [{"name": "layer_to_layer", "conf": {"layer_map": LAYER_MAP}}],
         target_sparsity=args.target, sparsity_metric=args.metric, sparsity_warmup_steps=args.warmup_steps,
-        shrink_threshold=threshold, shrink_interval=args.interval,
+        shrink_threshold=threshold, shrink_interval=args.interval, macs_target_sparsity=args.macs_target,
     ).train()
     optimizer = torch.optim.AdamW(model.parameter_groups(args.lr, args.gate_lr, args.lambda_lr), lr=args.lr,
                                   weight_decay=0.0)
@@ -70,11 +72,15 @@ def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[fl
             print(f"  step {step}: {times[-1]:.2f} s, distill {losses[-1]:.4f}, expected sparsity {sparsity[-1]:.4f}, "
                   f"student {params[-1] / 1e6:.2f} M params", flush=True)
     model.eval()
+    fitted = prune_model(model.student, budget_keep(model, 0.005)[0])
     return {
         "times": times, "losses": losses, "sparsity": sparsity, "params": params,
+        "macs_sparsity": float(model.expected_macs_sparsity()) if args.macs_target is not None else None,
         "final_params": int(model.student.expected_params(deterministic=True)),
         "params_share": float(model.student.expected_params(deterministic=True)) / teacher.num_params(),
         "macs_share": float(model.student.expected_macs(deterministic=True) / teacher.expected_macs()),
+        "fitted_params_share": fitted.num_params() / teacher.num_params(),
+        "fitted_macs_share": float(fitted.expected_macs() / teacher.expected_macs()),
     }
 
 
@@ -89,44 +95,61 @@ def teacher_forward_seconds(teacher: SpeechEncoder, repeats: int = 5) -> float:
     return statistics.median(samples[1:])
 
 
+def budget_name(args) -> str:
+    if args.macs_target is None:
+        return args.metric
+    return "joint"
+
+
 def section(args, results, teacher_s: float, mark: str) -> str:
-    full, shrunk = results["full size"], results["shrinking"]
     w = args.warmup_steps
     rows = []
     for name, r in results.items():
         t = r["times"]
         tail = args.steps // 4
+        macs = "" if r["macs_sparsity"] is None else f" / {r['macs_sparsity']:.4f}"
         rows.append(
             f"| {name} | {sum(t):.0f} | {statistics.median(t[:w]):.2f} | {statistics.median(t[-tail:]):.2f} | "
-            f"{r['params'][-1] / 1e6:.2f} | {r['final_params'] / 1e6:.3f} | {r['sparsity'][-1]:.4f} | "
-            f"{statistics.mean(r['losses'][-tail:]):.4f} | {100 * r['params_share']:.1f} | {100 * r['macs_share']:.1f} |"
+            f"{r['params'][-1] / 1e6:.2f} | {r['final_params'] / 1e6:.3f} | {r['sparsity'][-1]:.4f}{macs} | "
+            f"{statistics.mean(r['losses'][-tail:]):.4f} | {100 * r['params_share']:.1f} | {100 * r['macs_share']:.1f} "
+            f"| {100 * r['fitted_params_share']:.1f} | {100 * r['fitted_macs_share']:.1f} |"
         )
-    ratio = sum(shrunk["times"]) / sum(full["times"])
-    loss_gap = max(abs(a - b) for a, b in zip(full["losses"], shrunk["losses"]))
+    closing = []
+    if "full size" in results and "shrinking" in results:
+        full, shrunk = results["full size"], results["shrinking"]
+        ratio = sum(shrunk["times"]) / sum(full["times"])
+        loss_gap = max(abs(a - b) for a, b in zip(full["losses"], shrunk["losses"]))
+        closing = ["", f"Whole run with shrinking: **{ratio:.2f}x** the full-size run's time. Largest difference of the "
+                   f"per-step distillation loss between the runs: {loss_gap:.4f}."]
+    budget = (f"{args.metric} sparsity target {args.target}" if args.macs_target is None else
+              f"joint budget: params sparsity target {args.target} and MAC sparsity target {args.macs_target}")
+    options = f" --metric {args.metric}" + ("" if args.macs_target is None else f" --macs_target {args.macs_target}")
+    options += "" if args.only is None else f" --only {args.only}"
     load = os.getloadavg()
     return "\n".join([
         markers(mark)[0],
-        f"## Shrinking the student during stage 1, {args.metric} budget (`bench/bench_shrink.py`)",
+        f"## Shrinking the student during stage 1, {budget_name(args)} budget (`bench/bench_shrink.py`)",
         "",
         f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; fp32",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
-        f"- command: `python bench/bench_shrink.py --steps {args.steps} --metric {args.metric}`",
+        f"- command: `python bench/bench_shrink.py --steps {args.steps}{options}`",
         f"- run: HuBERT Base teacher and gated student (conv channels, heads, FFN units), random weights, L1 + cosine "
         f"on layers 0/4/8/12, AdamW (lr {args.lr}, gates {args.gate_lr}, multipliers {args.lambda_lr}), gradient "
-        f"clipping 10, batch 4 x 1 s (8 fixed batches in turn), {args.metric} sparsity target {args.target} ramped over {w} steps, "
+        f"clipping 10, batch 4 x 1 s (8 fixed batches in turn), {budget} ramped over {w} steps, "
         f"{args.steps} steps, the model's forward + backward + step timed (no data loading); shrinking: "
         f"P(open) < {args.threshold} every {args.interval} steps",
         f"- the teacher's forward alone: {teacher_s:.2f} s per batch (the part of a step shrinking cannot touch)",
         "",
         "| student | total s | median step s, ramp | median step s, last quarter | params at the end (M) "
-        "| exported params (M) | expected sparsity | distill loss, last quarter | exported params, % of teacher "
-        "| exported MACs, % of teacher |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| exported params (M) | expected sparsity (params / MACs) | distill loss, last quarter "
+        "| deterministic masks: params, % of teacher | MACs, % | export on budget: params, % of teacher | MACs, % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        f"Whole run with shrinking: **{ratio:.2f}x** the full-size run's time. Largest difference of the "
-        f"per-step distillation loss between the runs: {loss_gap:.4f}.",
+        "*Export on budget*: `fit_to_budget` with 0.5 % tolerance on the (primary) budget's metric, as "
+        "`export_model` does (docs/pruning.md).",
+        *closing,
         markers(mark)[1],
     ])
 
@@ -138,6 +161,9 @@ def main() -> int:
     parser.add_argument("--warmup_steps", type=int, default=40, help="steps of the sparsity ramp")
     parser.add_argument("--target", type=float, default=0.75, help="sparsity target")
     parser.add_argument("--metric", choices=("params", "macs"), default="params", help="what the budget counts")
+    parser.add_argument("--macs_target", type=float, default=None,
+                        help="with --metric params: a MAC sparsity target beside it (joint budget)")
+    parser.add_argument("--only", choices=("full size", "shrinking"), default=None, help="run one of the two students")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--gate_lr", type=float, default=0.2,
                         help="gate logits' lr: high enough for gates to close within a short run")
@@ -158,9 +184,11 @@ def main() -> int:
     teacher_s = teacher_forward_seconds(teacher)
     results = {}
     for name, threshold in (("full size", None), ("shrinking", args.threshold)):
+        if args.only not in (None, name):
+            continue
         print(name, flush=True)
         results[name] = run(teacher, args, threshold)
-    mark = MARK if args.metric == "params" else f"{MARK}_{args.metric}"
+    mark = MARK if budget_name(args) == "params" else f"{MARK}_{budget_name(args)}"
     text = section(args, results, teacher_s, mark)
     print(text)
     if not args.quick:
