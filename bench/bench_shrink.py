@@ -50,6 +50,7 @@ def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[fl
         [{"name": "layer_to_layer", "conf": {"layer_map": LAYER_MAP}}],
         target_sparsity=args.target, sparsity_metric=args.metric, sparsity_warmup_steps=args.warmup_steps,
         shrink_threshold=threshold, shrink_interval=args.interval, macs_target_sparsity=args.macs_target,
+        quadratic_penalty=args.quadratic_penalty,
     ).train()
     optimizer = torch.optim.AdamW(model.parameter_groups(args.lr, args.gate_lr, args.lambda_lr), lr=args.lr,
                                   weight_decay=0.0)
@@ -96,9 +97,8 @@ def teacher_forward_seconds(teacher: SpeechEncoder, repeats: int = 5) -> float:
 
 
 def budget_name(args) -> str:
-    if args.macs_target is None:
-        return args.metric
-    return "joint"
+    name = args.metric if args.macs_target is None else "joint"
+    return name if args.quadratic_penalty is None else f"{name}_quadratic"
 
 
 def section(args, results, teacher_s: float, mark: str) -> str:
@@ -124,11 +124,14 @@ def section(args, results, teacher_s: float, mark: str) -> str:
     budget = (f"{args.metric} sparsity target {args.target}" if args.macs_target is None else
               f"joint budget: params sparsity target {args.target} and MAC sparsity target {args.macs_target}")
     options = f" --metric {args.metric}" + ("" if args.macs_target is None else f" --macs_target {args.macs_target}")
-    options += "" if args.only is None else f" --only {args.only}"
+    options += "" if args.only is None else f" --only '{args.only}'"
+    if args.quadratic_penalty is not None:
+        options += f" --quadratic_penalty {args.quadratic_penalty}"
+        budget += f", quadratic penalty (weight {args.quadratic_penalty}) instead of trained multipliers"
     load = os.getloadavg()
     return "\n".join([
         markers(mark)[0],
-        f"## Shrinking the student during stage 1, {budget_name(args)} budget (`bench/bench_shrink.py`)",
+        f"## Shrinking the student during stage 1, {budget_name(args).replace('_', ', ')} budget (`bench/bench_shrink.py`)",
         "",
         f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; fp32",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
@@ -163,6 +166,8 @@ def main() -> int:
     parser.add_argument("--metric", choices=("params", "macs"), default="params", help="what the budget counts")
     parser.add_argument("--macs_target", type=float, default=None,
                         help="with --metric params: a MAC sparsity target beside it (joint budget)")
+    parser.add_argument("--quadratic_penalty", type=float, default=None,
+                        help="the quadratic penalty method with this weight instead of the trained multipliers")
     parser.add_argument("--only", choices=("full size", "shrinking"), default=None, help="run one of the two students")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--gate_lr", type=float, default=0.2,

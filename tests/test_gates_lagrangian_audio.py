@@ -70,6 +70,29 @@ def test_lagrangian_drives_expected_sparsity_to_target():
     assert lagrangian.lambda1.item() != 0.0  # the multipliers moved (gradient ascent)
 
 
+def test_quadratic_penalty_settles_without_overshoot():
+    """quadratic_weight: multipliers frozen at (0, weight), nothing to train, and the gates
+    approach the ramped target from below and stay within 0.02 of it."""
+    torch.manual_seed(0)
+    gates = HardConcreteGate(200)
+    penalty = SparsityLagrangian(target_sparsity=0.6, warmup_steps=100, quadratic_weight=50.0)
+    assert penalty.multipliers() == [] and not penalty.lambda2.requires_grad
+    assert float(penalty(torch.tensor(0.5), 1000)) == pytest.approx(50.0 * 0.1 ** 2)
+    optimizer = torch.optim.AdamW(gates.parameters(), lr=0.05)
+    trajectory = []
+    for step in range(600):
+        sparsity = 1.0 - gates.expected_open() / 200
+        loss = penalty(sparsity, step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        trajectory.append(float(sparsity))
+    assert max(trajectory) < 0.62 and abs(trajectory[-1] - 0.6) < 0.02
+    assert (penalty.lambda1.item(), penalty.lambda2.item()) == (0.0, 50.0)
+    with pytest.raises(ValueError, match="quadratic_weight must be positive"):
+        SparsityLagrangian(0.5, quadratic_weight=0.0)
+
+
 def test_lagrangian_rejects_impossible_target():
     with pytest.raises(ValueError, match="target_sparsity"):
         SparsityLagrangian(1.5)

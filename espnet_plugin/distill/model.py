@@ -64,6 +64,7 @@ class DistillPruneModel(AbsESPnetModel):
         shrink_threshold: Optional[float] = None,
         shrink_interval: int = 100,
         macs_target_sparsity: Optional[float] = None,
+        quadratic_penalty: Optional[float] = None,
     ) -> None:
         super().__init__()
         if sparsity_metric not in SPARSITY_METRICS:
@@ -77,7 +78,7 @@ class DistillPruneModel(AbsESPnetModel):
         if target_sparsity is not None:
             if not student.config.gates.any:
                 raise ValueError("target_sparsity needs gates: switch some on in the student's gates config")
-            self.lagrangian = SparsityLagrangian(target_sparsity, sparsity_warmup_steps)
+            self.lagrangian = SparsityLagrangian(target_sparsity, sparsity_warmup_steps, quadratic_penalty)
         if cost_seconds is not None and cost_seconds <= 0:
             raise ValueError(f"cost_seconds must be positive, got {cost_seconds}")
         # the utterance length the MAC count assumes (attention grows with its square)
@@ -94,7 +95,7 @@ class DistillPruneModel(AbsESPnetModel):
                     "macs_target_sparsity is a second budget beside a params budget: set target_sparsity and "
                     "sparsity_metric: params (for a MAC budget alone use sparsity_metric: macs)"
                 )
-            self.macs_lagrangian = SparsityLagrangian(macs_target_sparsity, sparsity_warmup_steps)
+            self.macs_lagrangian = SparsityLagrangian(macs_target_sparsity, sparsity_warmup_steps, quadratic_penalty)
             self.macs_reference = float(teacher.expected_macs(seconds=self.cost_seconds).item())
         self.crop_to_shortest = crop_to_shortest
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
@@ -198,7 +199,7 @@ class DistillPruneModel(AbsESPnetModel):
         groups: List[Dict[str, Any]] = [{"params": members[0], "lr": lr}]
         if self.student.gate_parameters():
             groups.append({"params": members[1], "lr": gate_lr, "weight_decay": 0.0})
-        if self.lagrangian is not None:
+        if self.multipliers():
             groups.append({**self.lagrangian.optimizer_group(lambda_lr), "params": members[-1]})
         return groups
 
