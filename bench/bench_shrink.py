@@ -50,7 +50,7 @@ def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[fl
         [{"name": "layer_to_layer", "conf": {"layer_map": LAYER_MAP}}],
         target_sparsity=args.target, sparsity_metric=args.metric, sparsity_warmup_steps=args.warmup_steps,
         shrink_threshold=threshold, shrink_interval=args.interval, macs_target_sparsity=args.macs_target,
-        quadratic_penalty=args.quadratic_penalty,
+        quadratic_penalty=args.quadratic_penalty, macs_quadratic_penalty=args.macs_quadratic_penalty,
     ).train()
     optimizer = torch.optim.AdamW(model.parameter_groups(args.lr, args.gate_lr, args.lambda_lr), lr=args.lr,
                                   weight_decay=0.0)
@@ -128,6 +128,9 @@ def section(args, results, teacher_s: float, mark: str) -> str:
     if args.quadratic_penalty is not None:
         options += f" --quadratic_penalty {args.quadratic_penalty}"
         budget += f", quadratic penalty (weight {args.quadratic_penalty}) instead of trained multipliers"
+    if args.macs_quadratic_penalty is not None:
+        options += f" --macs_quadratic_penalty {args.macs_quadratic_penalty}"
+        budget += f" (MAC term: weight {args.macs_quadratic_penalty})"
     load = os.getloadavg()
     return "\n".join([
         markers(mark)[0],
@@ -168,6 +171,8 @@ def main() -> int:
                         help="with --metric params: a MAC sparsity target beside it (joint budget)")
     parser.add_argument("--quadratic_penalty", type=float, default=None,
                         help="the quadratic penalty method with this weight instead of the trained multipliers")
+    parser.add_argument("--macs_quadratic_penalty", type=float, default=None,
+                        help="the joint budget's MAC term's weight (default: --quadratic_penalty)")
     parser.add_argument("--only", choices=("full size", "shrinking"), default=None, help="run one of the two students")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--gate_lr", type=float, default=0.2,

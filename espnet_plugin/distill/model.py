@@ -65,6 +65,7 @@ class DistillPruneModel(AbsESPnetModel):
         shrink_interval: int = 100,
         macs_target_sparsity: Optional[float] = None,
         quadratic_penalty: Optional[float] = None,
+        macs_quadratic_penalty: Optional[float] = None,
     ) -> None:
         super().__init__()
         if sparsity_metric not in SPARSITY_METRICS:
@@ -95,7 +96,10 @@ class DistillPruneModel(AbsESPnetModel):
                     "macs_target_sparsity is a second budget beside a params budget: set target_sparsity and "
                     "sparsity_metric: params (for a MAC budget alone use sparsity_metric: macs)"
                 )
-            self.macs_lagrangian = SparsityLagrangian(macs_target_sparsity, sparsity_warmup_steps, quadratic_penalty)
+            self.macs_lagrangian = SparsityLagrangian(
+                macs_target_sparsity, sparsity_warmup_steps,
+                macs_quadratic_penalty if macs_quadratic_penalty is not None else quadratic_penalty,
+            )
             self.macs_reference = float(teacher.expected_macs(seconds=self.cost_seconds).item())
         self.crop_to_shortest = crop_to_shortest
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
