@@ -165,7 +165,9 @@ def test_mac_budget_prunes_macs_harder_than_params(workdir, stage1_export, tmp_p
     exp = workdir / "exp" / "macs"
     run(train_command(workdir, exp, CONF_DIR / "tiny_stage1_macs.yaml"))
     stats = reporter_stats(exp)
-    assert stats[max(stats)]["train"]["expected_sparsity"] > 0.3  # on its way to the 0.5 MAC target
+    # the quadratic penalty settles on the 0.5 MAC target within the 200 steps; its multipliers stay frozen
+    last = stats[max(stats)]["train"]
+    assert abs(last["expected_sparsity"] - 0.5) < 0.02 and (last["lambda1"], last["lambda2"]) == (0.0, 100.0)
     out = tmp_path / "macs_pruned"
     run([sys.executable, "-m", "espnet_plugin.bin.export_model", "--config", str(exp / "config.yaml"),
          "--checkpoint", str(exp / "latest.pth"), "--output_dir", str(out)])
