@@ -54,18 +54,26 @@ def test_min_keep_keeps_the_most_open_units_of_a_closed_gate():
     assert floored.deterministic_mask().tolist() == [0.0, 1.0, 0.0, 1.0]
 
 
+def drive_gates(gates: HardConcreteGate, budget: SparsityLagrangian, optimizer, steps: int = 600) -> list:
+    """Train ``gates`` on the budget term alone; the expected sparsity at every step."""
+    trajectory = []
+    for step in range(steps):
+        sparsity = 1.0 - gates.expected_open() / gates.n
+        loss = budget(sparsity, step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        trajectory.append(sparsity.item())
+    return trajectory
+
+
 def test_lagrangian_drives_expected_sparsity_to_target():
     torch.manual_seed(0)
     gates = HardConcreteGate(200)
     lagrangian = SparsityLagrangian(target_sparsity=0.6, warmup_steps=100)
     assert lagrangian.target_at(50) == pytest.approx(0.3)
     optimizer = torch.optim.AdamW([{"params": gates.parameters(), "lr": 0.05}, lagrangian.optimizer_group(0.05)])
-    for step in range(600):
-        sparsity = 1.0 - gates.expected_open() / 200
-        loss = lagrangian(sparsity, step)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    drive_gates(gates, lagrangian, optimizer)
     assert abs((1.0 - gates.expected_open().item() / 200) - 0.6) < 0.02
     assert lagrangian.lambda1.item() != 0.0  # the multipliers moved (gradient ascent)
 
@@ -78,15 +86,7 @@ def test_quadratic_penalty_settles_without_overshoot():
     penalty = SparsityLagrangian(target_sparsity=0.6, warmup_steps=100, quadratic_weight=50.0)
     assert penalty.multipliers() == [] and not penalty.lambda2.requires_grad
     assert float(penalty(torch.tensor(0.5), 1000)) == pytest.approx(50.0 * 0.1 ** 2)
-    optimizer = torch.optim.AdamW(gates.parameters(), lr=0.05)
-    trajectory = []
-    for step in range(600):
-        sparsity = 1.0 - gates.expected_open() / 200
-        loss = penalty(sparsity, step)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        trajectory.append(float(sparsity))
+    trajectory = drive_gates(gates, penalty, torch.optim.AdamW(gates.parameters(), lr=0.05))
     assert max(trajectory) < 0.62 and abs(trajectory[-1] - 0.6) < 0.02
     assert (penalty.lambda1.item(), penalty.lambda2.item()) == (0.0, 50.0)
     with pytest.raises(ValueError, match="quadratic_weight must be positive"):

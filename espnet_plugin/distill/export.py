@@ -4,9 +4,9 @@ Writes, in ``output_dir``: the compact model (``config.yaml`` + ``model.safetens
 ``distill_loss.pth``, the distillation heads / projections for the next stage's
 ``--init_param``; ``summary.yaml`` (params, MACs, per-layer heads / FFN units / conv
 channels, sparsity against the teacher and the target, and ``budget_fit``: how far the
-deterministic masks were from the budget and how many units the export moved to meet it); ``architecture.png``; and, when the
-experiment directory has ESPnet's ``checkpoint.pth``, ``training.png`` (sparsity, lambdas
-and losses per epoch). Command line: ``python -m espnet_plugin.bin.export_model``.
+deterministic masks were from the budget and how many units the export moved to meet it);
+``architecture.png``; and, when the experiment directory has ESPnet's ``checkpoint.pth``,
+``training.png`` (sparsity, lambdas and losses per epoch). Command line: ``python -m espnet_plugin.bin.export_model``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from espnet_plugin.compact import save_model
 from espnet_plugin.distill.report import plot_architecture, plot_training, training_history
 from espnet_plugin.models.model import load_weights_strictly
 from espnet_plugin.models.summary import architecture_summary
-from espnet_plugin.models.counting import count_macs, count_params
 from espnet_plugin.pruning import prune_model
 from espnet_plugin.pruning.prune import BudgetFit, KeepRule, fit_to_budget
 
@@ -28,15 +27,8 @@ from espnet_plugin.pruning.prune import BudgetFit, KeepRule, fit_to_budget
 def budget_keep(model, tolerance: float) -> Tuple[KeepRule, BudgetFit]:
     """The units to export so that the stage-1 budget's metric lands within ``tolerance`` of
     its target (:func:`fit_to_budget`)."""
-    cfg, seconds = model.student.config, model.cost_seconds
-    if model.sparsity_metric == "params":
-        def cost(structure):
-            return count_params(cfg, structure)
-    else:
-        def cost(structure):
-            return count_macs(cfg, structure, seconds)
     target = (1.0 - model.lagrangian.target_sparsity) * model.reference_cost
-    return fit_to_budget(model.student, cost, target, tolerance)
+    return fit_to_budget(model.student, model.budget_cost, target, tolerance)
 
 
 def export(config: Path, checkpoint: Path, output_dir: Path, fit_tolerance: Optional[float] = 0.005) -> Dict[str, Any]:

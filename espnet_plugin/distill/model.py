@@ -27,6 +27,7 @@ from espnet_plugin.losses import build_distill_loss
 from espnet_plugin.models import SpeechEncoder
 from espnet_plugin.models.components import frame_key_mask
 from espnet_plugin.models.config import EncoderConfig
+from espnet_plugin.models.counting import Structure, count_macs, count_params
 from espnet_plugin.pruning import SparsityLagrangian
 from espnet_plugin.pruning.prune import carry_optimizer_state, count_units, shrink_model
 from espnet_plugin.utils.nonfinite import NonFiniteGuard
@@ -120,12 +121,15 @@ class DistillPruneModel(AbsESPnetModel):
     def teacher(self) -> SpeechEncoder:
         return self._teacher[0]
 
-    def expected_sparsity(self, deterministic: bool = False) -> torch.Tensor:
+    def budget_cost(self, structure: Structure) -> torch.Tensor:
+        """What the budget counts for ``structure`` of the student: params, or MACs at
+        ``cost_seconds`` (training's expected cost and the export's fit both use it)."""
         if self.sparsity_metric == "params":
-            cost = self.student.expected_params(deterministic)
-        else:
-            cost = self.student.expected_macs(deterministic, seconds=self.cost_seconds)
-        return 1.0 - cost / self.reference_cost
+            return count_params(self.student.config, structure)
+        return count_macs(self.student.config, structure, self.cost_seconds)
+
+    def expected_sparsity(self, deterministic: bool = False) -> torch.Tensor:
+        return 1.0 - self.budget_cost(self.student.structure(deterministic)) / self.reference_cost
 
     def expected_macs_sparsity(self, deterministic: bool = False) -> torch.Tensor:
         """MAC sparsity against the teacher, for the joint budget's second term."""
