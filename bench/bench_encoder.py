@@ -84,14 +84,15 @@ def distill_layers(num_layers: int) -> List[int]:
 def distill_step(
     teacher: SpeechEncoder, student: SpeechEncoder, wavs: torch.Tensor, lengths: torch.Tensor, target: float
 ) -> None:
-    """Teacher forward, student forward, L1 on matched layers, expected-params term if gated, backward."""
+    """Teacher forward, student forward, L1 on matched layers, expected-params term if gated
+    (from the forward's logits, as ``DistillPruneModel`` computes it), backward."""
     with torch.no_grad():
         teacher_states, _ = teacher(wavs, lengths)
     student_states, _ = student(wavs, lengths)
     layers = distill_layers(student.config.num_layers)
     loss = sum((student_states[i] - teacher_states[i]).abs().mean() for i in layers)
     if student.gate_parameters():
-        loss = loss + (student.expected_params() / target - 1.0) ** 2
+        loss = loss + (student.cost("params")(student.sampled_structure()) / target - 1.0) ** 2
     loss.backward()
     student.zero_grad(set_to_none=True)
 

@@ -147,3 +147,19 @@ def test_joint_budget_adds_a_mac_term_with_its_own_multipliers(wavs):
     for bad in ({"sparsity_metric": "macs", "target_sparsity": 0.5}, {"target_sparsity": None}):
         with pytest.raises(ValueError, match="macs_target_sparsity is a second budget beside a params budget"):
             DistillPruneModel(with_gates(teacher, GateConfig.all_on()), teacher, losses, macs_target_sparsity=0.5, **bad)
+
+
+def test_gate_values_stay_with_their_model(wavs):
+    """After a training forward the gates hold that forward's values (graph tensors): a deep
+    copy starts without them, and a DataParallel replica samples into its own holders."""
+    import copy
+
+    gated = with_gates(randomize_(SpeechEncoder(tiny_config("hubert", False))), GateConfig.all_on()).train()
+    gated(wavs)
+    assert all(gate.current is not None for gate in gated.gates())
+    twin = copy.deepcopy(gated)
+    assert all(gate.current is None for gate in twin.gates())
+    assert twin._sampled.current is None
+    for gate in gated.gates():
+        assert gate._replicate_for_data_parallel().draw is not gate.draw
+    assert gated._replicate_for_data_parallel()._sampled is not gated._sampled

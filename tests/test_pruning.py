@@ -141,17 +141,15 @@ def test_counts_are_exact_at_large_scale():
         mask[torch.randperm(n, generator=gen)[: max(1, int(n * fraction))]] = 1.0
         return mask
 
-    structure = Structure(
-        conv_channels=[kept(c, 0.7) for c, _, _ in full.conv_layers],
-        heads=[kept(layer.num_heads, 0.07 + 0.07 * (i % 2)) for i, layer in enumerate(full.layers)],
-        attention_blocks=[torch.tensor(1.0, dtype=torch.float64) for _ in full.layers],
-        ffn_units=[kept(layer.ffn_dim, 0.0347 + 0.001 * i) for i, layer in enumerate(full.layers)],
-        ffn_blocks=[torch.tensor(1.0, dtype=torch.float64) for _ in full.layers],
-    )
+    conv = [kept(c, 0.7) for c, _, _ in full.conv_layers]
+    heads = [kept(layer.num_heads, 0.07 + 0.07 * (i % 2)) for i, layer in enumerate(full.layers)]
+    units = [kept(layer.ffn_dim, 0.0347 + 0.001 * i) for i, layer in enumerate(full.layers)]
+    blocks = [1.0 for _ in full.layers]
+    structure = Structure.of_units(conv, heads, blocks, units, blocks)
     small = copy.deepcopy(full)
-    small.conv_layers = [[int(m.sum()), k, s] for m, (_, k, s) in zip(structure.conv_channels, full.conv_layers)]
-    for layer, heads, units in zip(small.layers, structure.heads, structure.ffn_units):
-        layer.num_heads, layer.ffn_dim = int(heads.sum()), int(units.sum())
+    small.conv_layers = [[int(m.sum()), k, s] for m, (_, k, s) in zip(conv, full.conv_layers)]
+    for layer, layer_heads, layer_units in zip(small.layers, heads, units):
+        layer.num_heads, layer.ffn_dim = int(layer_heads.sum()), int(layer_units.sum())
     model = SpeechEncoder(small)
     real = model.num_params()
     assert 20e6 < real < 30e6
@@ -215,3 +213,58 @@ def test_fit_to_budget_opens_the_closed_units_nearest_the_threshold():
         else:
             assert min(moved) <= min(stayed, default=1e9)
     assert kept_units(gated, keep).total() > 0
+
+
+@pytest.mark.parametrize("model_type,large", LAYOUTS)
+def test_quadratic_cost_equals_the_formula_and_its_gradient(model_type, large):
+    """Training evaluates params / MACs from coefficients read off count_params / count_macs
+    once; at gate probabilities (the pre-LN / WavLM any-open terms included) the value and the
+    gradient in every log_alpha are the formula's."""
+    from espnet_plugin.models.counting import count_macs, count_params
+
+    gated = gated_model(model_type, large)
+    for metric, formula in (("params", lambda s: count_params(gated.config, s)),
+                            ("macs", lambda s: count_macs(gated.config, s, 2.0))):
+        fast = gated.cost(metric, 2.0)(gated.structure())
+        fast_grads = torch.autograd.grad(fast, gated.gate_parameters())
+        slow = formula(gated.structure())
+        slow_grads = torch.autograd.grad(slow, gated.gate_parameters())
+        assert fast.item() == pytest.approx(slow.item(), rel=1e-12)
+        for a, b in zip(fast_grads, slow_grads):
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown cost metric"):
+        gated.cost("flops")
+
+
+def test_sampled_structure_shares_the_logits_the_forward_sampled_from(wavs):
+    """The budget term of a training step uses the concatenation the gates were sampled from:
+    the same value as a fresh structure, and one backward reaches every log_alpha."""
+    gated = gated_model("hubert", False)
+    with pytest.raises(RuntimeError, match="training forward"):
+        gated.sampled_structure()
+    states, _ = gated.train()(wavs)
+    cost = gated.cost("params")(gated.sampled_structure())
+    assert cost.item() == gated.expected_params().item()
+    (cost * 1e-6 + states[-1].abs().mean()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gated.gate_parameters())
+
+
+def test_gated_layer_norm_with_a_binary_gate_is_layer_norm_of_the_open_channels():
+    """The training formula (gate-weighted statistics) equals LayerNorm over the open channels,
+    closed channels zero: what the pruned model's smaller LayerNorm computes."""
+    import torch.nn.functional as F
+
+    from espnet_plugin.models.components import gated_layer_norm
+
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(12)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(3, 5, 12) * 3 + 1
+    gate = torch.tensor([1.0, 0.0] * 6, requires_grad=True)
+    y = gated_layer_norm(x, norm, gate)
+    keep = gate.detach().nonzero().flatten()
+    ref = F.layer_norm(x[..., keep], (len(keep),), norm.weight[keep], norm.bias[keep], norm.eps)
+    assert torch.allclose(y[..., keep], ref, atol=1e-5)
+    assert torch.equal(y[..., 1::2], torch.zeros(3, 5, 6))

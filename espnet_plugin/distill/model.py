@@ -27,7 +27,7 @@ from espnet_plugin.losses import build_distill_loss
 from espnet_plugin.models import SpeechEncoder
 from espnet_plugin.models.components import frame_key_mask
 from espnet_plugin.models.config import EncoderConfig
-from espnet_plugin.models.counting import Structure, count_macs, count_params
+from espnet_plugin.models.counting import Structure
 from espnet_plugin.pruning import SparsityLagrangian
 from espnet_plugin.pruning.prune import carry_optimizer_state, count_units, shrink_model
 from espnet_plugin.utils.nonfinite import NonFiniteGuard
@@ -124,16 +124,19 @@ class DistillPruneModel(AbsESPnetModel):
     def budget_cost(self, structure: Structure) -> torch.Tensor:
         """What the budget counts for ``structure`` of the student: params, or MACs at
         ``cost_seconds`` (training's expected cost and the export's fit both use it)."""
-        if self.sparsity_metric == "params":
-            return count_params(self.student.config, structure)
-        return count_macs(self.student.config, structure, self.cost_seconds)
+        return self.student.cost(self.sparsity_metric, self.cost_seconds)(structure)
 
-    def expected_sparsity(self, deterministic: bool = False) -> torch.Tensor:
-        return 1.0 - self.budget_cost(self.student.structure(deterministic)) / self.reference_cost
+    def expected_sparsity(self, deterministic: bool = False, structure: Optional[Structure] = None) -> torch.Tensor:
+        """Sparsity of the budget's metric for ``structure`` (default: the student's now)."""
+        structure = structure if structure is not None else self.student.structure(deterministic)
+        return 1.0 - self.budget_cost(structure) / self.reference_cost
 
-    def expected_macs_sparsity(self, deterministic: bool = False) -> torch.Tensor:
+    def expected_macs_sparsity(
+        self, deterministic: bool = False, structure: Optional[Structure] = None
+    ) -> torch.Tensor:
         """MAC sparsity against the teacher, for the joint budget's second term."""
-        return 1.0 - self.student.expected_macs(deterministic, seconds=self.cost_seconds) / self.macs_reference
+        structure = structure if structure is not None else self.student.structure(deterministic)
+        return 1.0 - self.student.cost("macs", self.cost_seconds)(structure) / self.macs_reference
 
     def multipliers(self) -> List[nn.Parameter]:
         """Every Lagrange multiplier (of the budget and, if set, of the MAC budget beside it)."""
@@ -160,7 +163,9 @@ class DistillPruneModel(AbsESPnetModel):
         stats = {**stats, "distill": distill.detach()}
         if self.lagrangian is not None:
             step = int(self.num_steps)
-            sparsity = self.expected_sparsity().float()  # exact counts in float64, the loss in float32
+            # in training, from the logits the forward sampled from (one concatenation for both)
+            structure = self.student.sampled_structure() if self.training else self.student.structure()
+            sparsity = self.expected_sparsity(structure=structure).float()  # counts in float64, the loss in float32
             penalty = self.lagrangian(sparsity, step)
             stats.update(
                 expected_sparsity=sparsity.detach(),
@@ -169,7 +174,7 @@ class DistillPruneModel(AbsESPnetModel):
                 lambda2=self.lagrangian.lambda2.detach(),
             )
             if self.macs_lagrangian is not None:
-                macs_sparsity = self.expected_macs_sparsity().float()
+                macs_sparsity = self.expected_macs_sparsity(structure=structure).float()
                 penalty = penalty + self.macs_lagrangian(macs_sparsity, step)
                 stats.update(
                     macs_expected_sparsity=macs_sparsity.detach(),

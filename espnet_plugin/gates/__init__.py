@@ -1,4 +1,4 @@
 """Hard-concrete gates for structured pruning."""
-from espnet_plugin.gates.hard_concrete import HardConcreteGate, open_probabilities, sample_gates
+from espnet_plugin.gates.hard_concrete import ForwardValues, HardConcreteGate, prob_open, sample_gates
 
-__all__ = ["HardConcreteGate", "open_probabilities", "sample_gates"]
+__all__ = ["ForwardValues", "HardConcreteGate", "prob_open", "sample_gates"]

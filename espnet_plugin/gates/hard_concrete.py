@@ -5,11 +5,31 @@ import math
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 BETA = 2.0 / 3.0
 LIMIT_LEFT = -0.1
 LIMIT_RIGHT = 1.1
+
+
+class ForwardValues:
+    """Tensors a module keeps between calls of one training step: ``pending`` (left for the
+    next forward, e.g. by :func:`sample_gates`) and ``current`` (what the last forward used).
+
+    A plain object, because setting a module's attributes goes through
+    ``nn.Module.__setattr__``, which costs more than the rest of a gate's work on a small
+    model; and copies and pickles start empty (the tensors belong to one forward's graph,
+    which cannot be deep-copied)."""
+
+    __slots__ = ("pending", "current")
+
+    def __init__(self) -> None:
+        self.pending: Optional[torch.Tensor] = None
+        self.current: Optional[torch.Tensor] = None
+
+    def __reduce__(self):
+        return ForwardValues, ()
 
 
 class HardConcreteGate(nn.Module):
@@ -25,8 +45,7 @@ class HardConcreteGate(nn.Module):
         if n < 1:
             raise ValueError("a gate group needs at least one gate")
         self.n, self.min_keep = n, min_keep
-        self.current: Optional[torch.Tensor] = None
-        self.pending: Optional[torch.Tensor] = None
+        self.draw = ForwardValues()
         self.log_alpha = nn.Parameter(torch.empty(n))
         self.reset_parameters(init_drop_rate)
 
@@ -51,42 +70,53 @@ class HardConcreteGate(nn.Module):
     def sample(self) -> torch.Tensor:
         return sample_hard_concrete(self.log_alpha)
 
+    def _replicate_for_data_parallel(self) -> "HardConcreteGate":
+        replica = super()._replicate_for_data_parallel()
+        replica.draw = ForwardValues()  # a replica samples on its own device
+        return replica
+
+    @property
+    def current(self) -> Optional[torch.Tensor]:
+        """The values the last forward returned, for blocks that share them."""
+        return self.draw.current
+
     def forward(self) -> torch.Tensor:
-        """Gate values for this forward pass, kept in ``current`` for blocks that share them.
-        In training they are the values :func:`sample_gates` left (or a fresh sample)."""
+        """Gate values for this forward pass. In training they are the values
+        :func:`sample_gates` left (or a fresh sample); in eval the deterministic mask."""
+        draw = self.draw
         if self.training:
-            pending, self.pending = self.pending, None
-            self.current = pending if pending is not None else self.sample()
+            pending, draw.pending = draw.pending, None
+            draw.current = pending if pending is not None else self.sample()
         else:
-            self.current = self.deterministic_mask()
-        return self.current
+            draw.current = self.deterministic_mask()
+        return draw.current
 
     def extra_repr(self) -> str:
         return f"n={self.n}"
 
 
 def prob_open(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(z > 0) of hard-concrete gates with these logits."""
     return torch.sigmoid(log_alpha - BETA * math.log(-LIMIT_LEFT / LIMIT_RIGHT))
 
 
 def sample_hard_concrete(log_alpha: torch.Tensor) -> torch.Tensor:
-    """One stretched, clamped concrete sample per logit."""
-    u = torch.rand_like(log_alpha).clamp(1e-6, 1.0 - 1e-6)
-    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / BETA)
-    return (s * (LIMIT_RIGHT - LIMIT_LEFT) + LIMIT_LEFT).clamp(0.0, 1.0)
+    """One stretched, clamped concrete sample per logit (hardtanh is the clamp to [0, 1] with
+    a single backward operation)."""
+    noise = torch.logit(torch.rand_like(log_alpha).clamp_(1e-6, 1.0 - 1e-6))
+    s = torch.sigmoid((log_alpha + noise) * (1.0 / BETA))
+    return F.hardtanh(torch.add(LIMIT_LEFT, s, alpha=LIMIT_RIGHT - LIMIT_LEFT), 0.0, 1.0)
 
 
-def sample_gates(gates: Sequence[HardConcreteGate]) -> None:
+def sample_gates(gates: Sequence[HardConcreteGate]) -> Optional[torch.Tensor]:
     """Sample every gate of a model with one set of operations instead of one set per gate
     (a small model's step is dominated by the number of operations, not their size); each
-    gate's next training forward returns its part."""
+    gate's next training forward returns its part. Returns the concatenated logits sampled
+    from (None without gates), so that the expected cost can share them."""
     if not gates:
-        return
-    values = sample_hard_concrete(torch.cat([gate.log_alpha for gate in gates]))
+        return None
+    log_alpha = torch.cat([gate.log_alpha for gate in gates])
+    values = sample_hard_concrete(log_alpha)
     for gate, value in zip(gates, values.split([gate.n for gate in gates])):
-        gate.pending = value
-
-
-def open_probabilities(gates: Sequence[HardConcreteGate]) -> torch.Tensor:
-    """``prob_open()`` of every gate, concatenated in the order of ``gates``: one operation."""
-    return prob_open(torch.cat([gate.log_alpha for gate in gates]))
+        gate.draw.pending = value
+    return log_alpha

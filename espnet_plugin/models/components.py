@@ -9,7 +9,7 @@ closed unit (``espnet_plugin.pruning``) leaves every output unchanged.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,15 +35,19 @@ def gated_layer_norm(
         y = x.new_zeros(x.shape)
         y[..., keep] = F.layer_norm(x[..., keep], (len(keep),), norm.weight[keep], norm.bias[keep], norm.eps)
         return y
-    total = gate.sum().clamp_min(1e-6)
-    mean = (x * gate).sum(-1, keepdim=True) / total
-    var = (((x - mean) ** 2) * gate).sum(-1, keepdim=True) / total
-    y = (x - mean) * torch.rsqrt(var + norm.eps) * norm.weight + norm.bias
-    return y * gate
+    share = gate / gate.sum().clamp_min(1e-6)  # each channel's weight in the statistics
+    centred = x - (x * share).sum(-1, keepdim=True)
+    var = (centred * centred * share).sum(-1, keepdim=True)
+    return centred * torch.rsqrt(var + norm.eps) * (norm.weight * gate) + norm.bias * gate
 
 
 class ConvLayer(nn.Module):
-    """Conv1d -> (GroupNorm | channel LayerNorm | nothing) -> GELU -> optional channel gate."""
+    """Conv1d -> (GroupNorm | channel LayerNorm | nothing) -> GELU, with an optional channel gate.
+
+    The gate multiplies the layer's output channels; :class:`FeatureExtractor` applies it
+    through the next layer's input-channel weights, a much smaller tensor than the activations
+    (the output of the first layers spans thousands of frames).
+    """
 
     def __init__(
         self,
@@ -69,18 +73,19 @@ class ConvLayer(nn.Module):
     def output_length(self, length: torch.Tensor) -> torch.Tensor:
         return torch.div(length - self.kernel, self.stride, rounding_mode="floor") + 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (batch, channels, time)."""
+    def forward(
+        self, x: torch.Tensor, input_gate: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x: (batch, channels, time), not yet multiplied by ``input_gate`` (the previous
+        layer's channel gate). Returns this layer's output before its own gate, and the gate."""
         z = self.gate() if self.gate is not None else None
-        x = self.conv(x)
+        weight = self.conv.weight if input_gate is None else self.conv.weight * input_gate[:, None]
+        x = F.conv1d(x, weight, self.conv.bias, stride=self.stride)
         if isinstance(self.norm, nn.LayerNorm):
             x = gated_layer_norm(x.transpose(1, 2), self.norm, z).transpose(1, 2)
         elif self.norm is not None:
             x = self.norm(x)
-        x = F.gelu(x)
-        if z is not None:
-            x = x * z[:, None]
-        return x
+        return F.gelu(x), z
 
 
 class FeatureExtractor(nn.Module):
@@ -111,10 +116,11 @@ class FeatureExtractor(nn.Module):
         return lengths
 
     def forward(self, wavs: torch.Tensor) -> torch.Tensor:
-        x = wavs[:, None, :]
+        x, gate = wavs[:, None, :], None
         for layer in self.conv_layers:
-            x = layer(x)
-        return x.transpose(1, 2)
+            x, gate = layer(x, gate)
+        x = x.transpose(1, 2)
+        return x if gate is None else x * gate
 
     def last_gate(self) -> Optional[torch.Tensor]:
         """The gate values the last conv layer used; read again so the projection agrees."""
@@ -234,7 +240,7 @@ class SelfAttention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
         if self.gate is not None:
-            y = y * self.gate()[None, :, None, None]
+            y = y * self.gate().view(-1, 1, 1)  # (batch, heads, frames, head_dim)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
 

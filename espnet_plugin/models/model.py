@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import copy
-from typing import List, Mapping, Optional, Tuple, Type
+import functools
+from typing import Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 from torch import nn
 
-from espnet_plugin.gates import HardConcreteGate, sample_gates
+from espnet_plugin.gates import ForwardValues, HardConcreteGate, sample_gates
 from espnet_plugin.models.components import (
     ConvPositionalEmbedding,
     EncoderLayer,
@@ -17,7 +18,7 @@ from espnet_plugin.models.components import (
     relative_position_buckets,
 )
 from espnet_plugin.models.config import EncoderConfig, GateConfig
-from espnet_plugin.models.counting import Structure, count_macs, count_params
+from espnet_plugin.models.counting import GateLayout, QuadraticCost, Structure, count_macs, count_params
 from espnet_plugin.utils.audio import SAMPLE_RATE
 
 
@@ -51,6 +52,10 @@ class SpeechEncoder(nn.Module):
         self.layers = nn.ModuleList(
             EncoderLayer(config, layer, g.attention_blocks, g.ffn_blocks) for layer in config.layers
         )
+        self._gate_layout: Optional[GateLayout] = None
+        self._costs: Dict[Tuple[str, float], QuadraticCost] = {}
+        self._sampled = ForwardValues()  # current: the logits the last training forward sampled from
+        self._gate_cache: Tuple[Optional[SpeechEncoder], List[HardConcreteGate]] = (None, [])
 
     # ---------------------------------------------------------------- lengths
     @property
@@ -78,7 +83,7 @@ class SpeechEncoder(nn.Module):
         self, wavs: torch.Tensor, wav_lengths: Optional[torch.Tensor] = None
     ) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
         if self.training:
-            sample_gates(self.gates())
+            self._sampled.current = sample_gates(self.gates())
         if self.config.normalize_waveform:
             wavs = normalize_waveforms(wavs, wav_lengths)
         features = self.feature_extractor(wavs)
@@ -133,18 +138,59 @@ class SpeechEncoder(nn.Module):
         """Per-unit openness: gate probabilities (or the binary mask), ones where ungated."""
         return Structure.of_model(self, deterministic)
 
+    def _replicate_for_data_parallel(self) -> "SpeechEncoder":
+        replica = super()._replicate_for_data_parallel()
+        replica._sampled = ForwardValues()  # each replica's forward samples its own gates
+        return replica
+
+    def sampled_structure(self) -> Structure:
+        """The expected structure from the logits the last training forward sampled its gates
+        from: the same concatenation, so the budget term and the samples share one backward.
+        For the loss of that forward only (after an optimizer step the logits are stale)."""
+        log_alpha = self._sampled.current
+        if log_alpha is None:
+            raise RuntimeError("sampled_structure() needs a training forward of a gated model first")
+        return Structure.of_logits(self, log_alpha)
+
+    def gate_layout(self) -> GateLayout:
+        """Built once: a model's units never change (pruning and shrinking build new models)."""
+        if self._gate_layout is None:
+            self._gate_layout = GateLayout(self)
+        return self._gate_layout
+
+    def cost(self, metric: str = "params", seconds: float = 1.0) -> QuadraticCost:
+        """Params (``metric="params"``) or MACs for ``seconds`` of audio as a function of a
+        :class:`Structure` of this model; built once per metric and duration."""
+        key = (metric, float(seconds))
+        if key not in self._costs:
+            if metric == "params":
+                count = functools.partial(count_params, self.config)
+            elif metric == "macs":
+                count = functools.partial(count_macs, self.config, seconds=seconds)
+            else:
+                raise ValueError(f"unknown cost metric {metric!r}: use 'params' or 'macs'")
+            self._costs[key] = QuadraticCost(count, self.structure(deterministic=True))
+        return self._costs[key]
+
     def expected_params(self, deterministic: bool = False) -> torch.Tensor:
-        return count_params(self.config, self.structure(deterministic))
+        return self.cost("params")(self.structure(deterministic))
 
     def expected_macs(self, deterministic: bool = False, seconds: float = 1.0) -> torch.Tensor:
-        return count_macs(self.config, self.structure(deterministic), seconds)
+        return self.cost("macs", seconds)(self.structure(deterministic))
 
     def num_params(self) -> int:
         """Real parameter count, gates excluded."""
         return sum(p.numel() for name, p in self.named_parameters() if not name.endswith("log_alpha"))
 
     def gates(self) -> List[HardConcreteGate]:
-        return [module for module in self.modules() if isinstance(module, HardConcreteGate)]
+        """Every gate module, in a fixed order. Cached (every forward needs them, and a model's
+        modules never change); a deep copy carries a cache of its own gates, a DataParallel
+        replica (a shallow copy) finds it is not the owner and looks again."""
+        owner, gates = self._gate_cache
+        if owner is not self:
+            gates = [module for module in self.modules() if isinstance(module, HardConcreteGate)]
+            self._gate_cache = (self, gates)  # a tuple: not registered as a submodule
+        return gates
 
     def gate_parameters(self) -> List[nn.Parameter]:
         return [p for name, p in self.named_parameters() if name.endswith("log_alpha")]

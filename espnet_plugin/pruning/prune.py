@@ -206,7 +206,7 @@ def fit_to_budget(
     masks = [gate.deterministic_mask().to(COUNT_DTYPE).cpu() for gate in gates]
 
     def total() -> float:
-        return float(cost(Structure.of_gate_values(model, gates, masks)))
+        return float(cost(Structure.of_gate_values(model, masks)))
 
     start = current = total()
     index = {id(gate): i for i, gate in enumerate(gates)}
