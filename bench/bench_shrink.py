@@ -42,7 +42,8 @@ def batches(count: int, seed: int = 0) -> List[torch.Tensor]:
     return [torch.randn(4, 16000, generator=gen) * 0.1 for _ in range(count)]
 
 
-def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[float]) -> Dict[str, object]:
+def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[float], skip: float = 0.0
+        ) -> Dict[str, object]:
     torch.manual_seed(0)
     gates = GateConfig(conv_channels=True, attention_heads=True, ffn_units=True)
     model = DistillPruneModel(
@@ -51,6 +52,7 @@ def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[fl
         target_sparsity=args.target, sparsity_metric=args.metric, sparsity_warmup_steps=args.warmup_steps,
         shrink_threshold=threshold, shrink_interval=args.interval, macs_target_sparsity=args.macs_target,
         quadratic_penalty=args.quadratic_penalty, macs_quadratic_penalty=args.macs_quadratic_penalty,
+        skip_closed_units=skip,
     ).train()
     optimizer = torch.optim.AdamW(model.parameter_groups(args.lr, args.gate_lr, args.lambda_lr), lr=args.lr,
                                   weight_decay=0.0)
@@ -101,6 +103,11 @@ def budget_name(args) -> str:
     return name if args.quadratic_penalty is None else f"{name}_quadratic"
 
 
+def section_mark(args) -> str:
+    name = budget_name(args) + ("_skip" if args.skip_closed else "")
+    return MARK if name == "params" else f"{MARK}_{name}"
+
+
 def section(args, results, teacher_s: float, mark: str) -> str:
     w = args.warmup_steps
     rows = []
@@ -125,6 +132,7 @@ def section(args, results, teacher_s: float, mark: str) -> str:
               f"joint budget: params sparsity target {args.target} and MAC sparsity target {args.macs_target}")
     options = f" --metric {args.metric}" + ("" if args.macs_target is None else f" --macs_target {args.macs_target}")
     options += "" if args.only is None else f" --only '{args.only}'"
+    options += f" --skip_closed {args.skip_closed}" if args.skip_closed else ""
     if args.quadratic_penalty is not None:
         options += f" --quadratic_penalty {args.quadratic_penalty}"
         budget += f", quadratic penalty (weight {args.quadratic_penalty}) instead of trained multipliers"
@@ -134,7 +142,8 @@ def section(args, results, teacher_s: float, mark: str) -> str:
     load = os.getloadavg()
     return "\n".join([
         markers(mark)[0],
-        f"## Shrinking the student during stage 1, {budget_name(args).replace('_', ', ')} budget (`bench/bench_shrink.py`)",
+        f"## Shrinking the student during stage 1, {budget_name(args).replace('_', ', ')} budget"
+        + (", skipping units sampled closed" if args.skip_closed else "") + " (`bench/bench_shrink.py`)",
         "",
         f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; fp32",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
@@ -144,7 +153,9 @@ def section(args, results, teacher_s: float, mark: str) -> str:
         f"on layers 0/4/8/12, AdamW (lr {args.lr}, gates {args.gate_lr}, multipliers {args.lambda_lr}), gradient "
         f"clipping 10, batch 4 x 1 s (8 fixed batches in turn), {budget} ramped over {w} steps, "
         f"{args.steps} steps, the model's forward + backward + step timed (no data loading); shrinking: "
-        f"P(open) < {args.threshold} every {args.interval} steps",
+        f"P(open) < {args.threshold} every {args.interval} steps"
+        + (f", and each step leaves out the units sampled closed in groups where at least {args.skip_closed:.0%} "
+           "were" if args.skip_closed else ""),
         f"- the teacher's forward alone: {teacher_s:.2f} s per batch (the part of a step shrinking cannot touch)",
         "",
         "| student | total s | median step s, ramp | median step s, last quarter | params at the end (M) "
@@ -180,6 +191,9 @@ def main() -> int:
     parser.add_argument("--lambda_lr", type=float, default=0.05)
     parser.add_argument("--threshold", type=float, default=0.05)
     parser.add_argument("--interval", type=int, default=10)
+    parser.add_argument("--skip_closed", type=float, default=0.0,
+                        help="the shrinking run also leaves out units sampled closed in groups where at least this "
+                             "share was (model_conf.skip_closed_units)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a tiny teacher: checks the script, times nothing")
     args = parser.parse_args()
@@ -197,8 +211,8 @@ def main() -> int:
         if args.only not in (None, name):
             continue
         print(name, flush=True)
-        results[name] = run(teacher, args, threshold)
-    mark = MARK if budget_name(args) == "params" else f"{MARK}_{budget_name(args)}"
+        results[name] = run(teacher, args, threshold, args.skip_closed if threshold is not None else 0.0)
+    mark = section_mark(args)
     text = section(args, results, teacher_s, mark)
     print(text)
     if not args.quick:

@@ -268,3 +268,39 @@ def test_gated_layer_norm_with_a_binary_gate_is_layer_norm_of_the_open_channels(
     ref = F.layer_norm(x[..., keep], (len(keep),), norm.weight[keep], norm.bias[keep], norm.eps)
     assert torch.allclose(y[..., keep], ref, atol=1e-5)
     assert torch.equal(y[..., 1::2], torch.zeros(3, 5, 6))
+
+
+@pytest.mark.parametrize("model_type,large", LAYOUTS)
+def test_skipping_units_sampled_closed_changes_nothing(model_type, large, wavs):
+    """A training forward that leaves out the units sampled exactly 0 (conv channels, heads,
+    FFN units) gives the same hidden states and the same gradient for every parameter, gate
+    logits included, as the forward that multiplies them by 0."""
+    import copy
+
+    full = gated_model(model_type, large, seed=3).train()
+    with torch.no_grad():
+        for p in full.gate_parameters():
+            p.sub_(1.5)  # about half the units sampled closed
+    skipping = copy.deepcopy(full)
+    skipping.skip_closed_units(0.2)
+    outputs = {}
+    for name, model in (("full", full), ("skipping", skipping)):
+        torch.manual_seed(7)
+        states, _ = model(wavs)
+        sum(s.square().mean() for s in states).backward()
+        outputs[name] = states
+    groups = {
+        "conv": [layer.gate for layer in skipping.feature_extractor.conv_layers],
+        "heads": [layer.attention.gate for layer in skipping.layers if layer.attention.gate is not None],
+        "units": [layer.ffn.gate for layer in skipping.layers if layer.ffn.gate is not None],
+    }
+    for kind, gates in groups.items():
+        assert any(gate.open_units() is not None for gate in gates), f"no {kind} group was cut"
+    for a, b in zip(outputs["full"], outputs["skipping"]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+    for (name, a), b in zip(full.named_parameters(), skipping.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), f"{name}: {(a.grad - b.grad).abs().max()}"
+    with pytest.raises(ValueError, match="skip_closed_units"):
+        skipping.skip_closed_units(1.0)

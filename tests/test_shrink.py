@@ -100,7 +100,7 @@ def train_steps(model, optimizer, wavs, steps):
 
 
 def test_the_optimizer_keeps_the_state_of_the_kept_units(wavs):
-    model = distill_prune_model(shrink_interval=1000)
+    model = distill_prune_model(shrink_interval=1000, skip_closed_units=0.25)
     optimizer = adam_for(model)
     train_steps(model, optimizer, wavs, 2)
     set_gates_(model.student)
@@ -110,6 +110,7 @@ def test_the_optimizer_keeps_the_state_of_the_kept_units(wavs):
     assert model.shrink_student() > 0
     new_ffn = model.student.layers[0].ffn.intermediate.weight
     assert new_ffn.shape[0] == 24  # every other unit of layer 0 closed
+    assert all(gate.skip_closed == 0.25 for gate in model.student.gates())  # the new student skips too
     assert torch.equal(optimizer.state[new_ffn]["exp_avg"], old_moment[1::2])
     assert torch.equal(optimizer.state[new_ffn]["step"], old_step)
     # the groups hold exactly the model's parameters, with state for none that are gone

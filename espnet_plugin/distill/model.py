@@ -12,6 +12,12 @@ open with probability below the threshold are cut out of the student (``shrink_m
 remaining steps run on the smaller model. The optimizer keeps the state of the kept units
 (``attach_optimizer``), and every checkpoint records the student's current configuration, so
 loading one (resume, export) first shrinks the student to it.
+
+With ``skip_closed_units`` set (a share of a gate group, e.g. 0.5), a training step leaves out
+the units whose gate was sampled exactly 0 wherever at least that share of a group was: they
+contribute exactly 0 to the loss and to every gradient, so the step computes the same thing
+on fewer units (``SpeechEncoder.skip_closed_units``). Shrinking removes the units that stay
+closed; skipping saves on the ones still closing.
 """
 from __future__ import annotations
 
@@ -67,6 +73,7 @@ class DistillPruneModel(AbsESPnetModel):
         macs_target_sparsity: Optional[float] = None,
         quadratic_penalty: Optional[float] = None,
         macs_quadratic_penalty: Optional[float] = None,
+        skip_closed_units: float = 0.0,
     ) -> None:
         super().__init__()
         if sparsity_metric not in SPARSITY_METRICS:
@@ -115,6 +122,10 @@ class DistillPruneModel(AbsESPnetModel):
             self.student_architecture = StudentArchitecture(student.config)
         self.shrink_threshold = shrink_threshold
         self.shrink_interval = shrink_interval
+        if skip_closed_units and not student.config.gates.any:
+            raise ValueError("skip_closed_units needs gates: switch some on in the student's gates config")
+        self.skip_closed = skip_closed_units
+        student.skip_closed_units(skip_closed_units)
         self._optimizer: List[torch.optim.Optimizer] = []  # a list: not part of the module
 
     @property
@@ -247,6 +258,7 @@ class DistillPruneModel(AbsESPnetModel):
             else:
                 for param in old.parameters():
                     optimizer.state.pop(param, None)
+        new.skip_closed_units(self.skip_closed)
         self.student = new
         self.student_architecture.config = new.config.to_dict()
         if optimizer is not None:

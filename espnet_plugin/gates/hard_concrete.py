@@ -70,6 +70,26 @@ class HardConcreteGate(nn.Module):
     def sample(self) -> torch.Tensor:
         return sample_hard_concrete(self.log_alpha)
 
+    #: Share of the group that must be sampled exactly 0 before a training forward leaves
+    #: those units out (0: never); set through ``SpeechEncoder.skip_closed_units``.
+    skip_closed: float = 0.0
+
+    def open_units(self) -> Optional[torch.Tensor]:
+        """Indices of the units the current training values leave open, when at least
+        ``skip_closed`` of the group was sampled exactly 0; None (compute them all) otherwise.
+
+        A unit sampled 0 contributes exactly 0 to the output and to every gradient (its
+        weights' gradients are 0, and the clamp passes none to its log_alpha), so leaving it
+        out of this step's computation changes nothing but the order of float sums.
+        """
+        values = self.draw.current
+        if self.skip_closed <= 0.0 or not self.training or values is None:
+            return None
+        units = torch.nonzero(values).flatten()
+        if len(units) == 0 or len(units) > (1.0 - self.skip_closed) * self.n:
+            return None
+        return units
+
     def _replicate_for_data_parallel(self) -> "HardConcreteGate":
         replica = super()._replicate_for_data_parallel()
         replica.draw = ForwardValues()  # a replica samples on its own device

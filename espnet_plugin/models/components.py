@@ -20,25 +20,34 @@ from espnet_plugin.gates import HardConcreteGate
 
 
 def gated_layer_norm(
-    x: torch.Tensor, norm: nn.LayerNorm, gate: Optional[torch.Tensor]
+    x: torch.Tensor, norm: nn.LayerNorm, gate: Optional[torch.Tensor], units: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """LayerNorm over the last axis whose statistics count each channel by its gate value.
 
     With a binary gate this is LayerNorm over the open channels only, which is exactly what
     the pruned model computes with its smaller LayerNorm; closed channels come out as zero.
+    With ``units``, ``x`` holds only those channels of the gate's group.
     """
     if gate is None:
         return norm(x)
+    weight, bias = norm.weight, norm.bias
+    if units is not None:
+        gate, weight, bias = gate[units], weight[units], bias[units]
     if not torch.is_grad_enabled() and bool(((gate == 0) | (gate == 1)).all()):
         # binary mask at inference: the very arithmetic of the pruned model's LayerNorm
         keep = torch.nonzero(gate).flatten()
         y = x.new_zeros(x.shape)
-        y[..., keep] = F.layer_norm(x[..., keep], (len(keep),), norm.weight[keep], norm.bias[keep], norm.eps)
+        y[..., keep] = F.layer_norm(x[..., keep], (len(keep),), weight[keep], bias[keep], norm.eps)
         return y
     share = gate / gate.sum().clamp_min(1e-6)  # each channel's weight in the statistics
     centred = x - (x * share).sum(-1, keepdim=True)
     var = (centred * centred * share).sum(-1, keepdim=True)
-    return centred * torch.rsqrt(var + norm.eps) * (norm.weight * gate) + norm.bias * gate
+    return centred * torch.rsqrt(var + norm.eps) * (weight * gate) + bias * gate
+
+
+def open_units(gate: Optional[HardConcreteGate]) -> Optional[torch.Tensor]:
+    """The units of ``gate``'s group a training forward computes (None: all of them)."""
+    return None if gate is None else gate.open_units()
 
 
 class ConvLayer(nn.Module):
@@ -74,18 +83,29 @@ class ConvLayer(nn.Module):
         return torch.div(length - self.kernel, self.stride, rounding_mode="floor") + 1
 
     def forward(
-        self, x: torch.Tensor, input_gate: Optional[torch.Tensor] = None
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        self, x: torch.Tensor, input_gate: Optional[torch.Tensor] = None, input_units: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """x: (batch, channels, time), not yet multiplied by ``input_gate`` (the previous
-        layer's channel gate). Returns this layer's output before its own gate, and the gate."""
+        layer's channel gate); with ``input_units``, only those of its channels (the others
+        were sampled closed). Returns this layer's output before its own gate, the gate's
+        values and the output channels computed (None: all)."""
         z = self.gate() if self.gate is not None else None
-        weight = self.conv.weight if input_gate is None else self.conv.weight * input_gate[:, None]
-        x = F.conv1d(x, weight, self.conv.bias, stride=self.stride)
+        units = open_units(self.gate)
+        weight, bias = self.conv.weight, self.conv.bias
+        if units is not None:
+            weight, bias = weight.index_select(0, units), (None if bias is None else bias.index_select(0, units))
+        if input_gate is not None:
+            if input_units is not None:
+                weight, input_gate = weight.index_select(1, input_units), input_gate.index_select(0, input_units)
+            weight = weight * input_gate[:, None]
+        x = F.conv1d(x, weight, bias, stride=self.stride)
         if isinstance(self.norm, nn.LayerNorm):
-            x = gated_layer_norm(x.transpose(1, 2), self.norm, z).transpose(1, 2)
+            x = gated_layer_norm(x.transpose(1, 2), self.norm, z, units).transpose(1, 2)
+        elif self.norm is not None and units is not None:  # the GroupNorm normalises each channel alone
+            x = F.group_norm(x, len(units), self.norm.weight[units], self.norm.bias[units], self.norm.eps)
         elif self.norm is not None:
             x = self.norm(x)
-        return F.gelu(x), z
+        return F.gelu(x), z, units
 
 
 class FeatureExtractor(nn.Module):
@@ -115,17 +135,16 @@ class FeatureExtractor(nn.Module):
             lengths = layer.output_length(lengths)
         return lengths
 
-    def forward(self, wavs: torch.Tensor) -> torch.Tensor:
-        x, gate = wavs[:, None, :], None
+    def forward(self, wavs: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(batch, frames, channels) features times the last layer's channel gate, the gate's
+        values (for the projection's LayerNorm) and the channels computed (None: all)."""
+        x, gate, units = wavs[:, None, :], None, None
         for layer in self.conv_layers:
-            x, gate = layer(x, gate)
+            x, gate, units = layer(x, gate, units)
         x = x.transpose(1, 2)
-        return x if gate is None else x * gate
-
-    def last_gate(self) -> Optional[torch.Tensor]:
-        """The gate values the last conv layer used; read again so the projection agrees."""
-        gate = self.conv_layers[-1].gate
-        return None if gate is None else gate.current
+        if gate is None:
+            return x, None, None
+        return x * (gate if units is None else gate[units]), gate, units
 
 
 class FeatureProjection(nn.Module):
@@ -137,8 +156,13 @@ class FeatureProjection(nn.Module):
         self.projection = nn.Linear(in_channels, embed_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, channel_gate: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.dropout(self.projection(gated_layer_norm(x, self.layer_norm, channel_gate)))
+    def forward(
+        self, x: torch.Tensor, channel_gate: Optional[torch.Tensor], channels: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``channels``: the conv channels ``x`` holds (None: all)."""
+        x = gated_layer_norm(x, self.layer_norm, channel_gate, channels)
+        weight = self.projection.weight if channels is None else self.projection.weight.index_select(1, channels)
+        return self.dropout(F.linear(x, weight, self.projection.bias))
 
 
 class ConvPositionalEmbedding(nn.Module):
@@ -212,14 +236,19 @@ class SelfAttention(nn.Module):
         else:
             self.head_ids = None
 
-    def gated_position_bias(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
-        """(batch, heads, frames, frames) bias: WavLM's gated relative-position bias."""
+    def gated_position_bias(
+        self, x: torch.Tensor, position_bias: torch.Tensor, heads: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """(batch, heads, frames, frames) bias: WavLM's gated relative-position bias (of the
+        ``heads`` computed, None: all)."""
         b, t, d = x.shape
-        chunks = x.view(b, t, d // self.rel_pos_chunk, self.rel_pos_chunk)[:, :, self.head_ids]
-        proj = self.gru_rel_pos_linear(chunks.transpose(1, 2)).view(b, self.num_heads, t, 2, 4).sum(-1)
+        ids = self.head_ids if heads is None else self.head_ids[heads]
+        const = self.gru_rel_pos_const if heads is None else self.gru_rel_pos_const[:, heads]
+        chunks = x.view(b, t, d // self.rel_pos_chunk, self.rel_pos_chunk)[:, :, ids]
+        proj = self.gru_rel_pos_linear(chunks.transpose(1, 2)).view(b, len(ids), t, 2, 4).sum(-1)
         gate_a, gate_b = torch.sigmoid(proj).chunk(2, dim=-1)
-        scale = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0
-        return scale * position_bias[self.head_ids][None]
+        scale = gate_a * (gate_b * const - 1.0) + 2.0
+        return scale * position_bias[ids][None]
 
     def forward(
         self, x: torch.Tensor, key_mask: Optional[torch.Tensor], position_bias: Optional[torch.Tensor] = None
@@ -228,20 +257,28 @@ class SelfAttention(nn.Module):
         if self.out_bias is not None:
             return self.out_bias.expand_as(x)
         b, t, _ = x.shape
-        q, k, v = (
-            proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-            for proj in (self.q_proj, self.k_proj, self.v_proj)
-        )
+        z = self.gate() if self.gate is not None else None
+        heads = open_units(self.gate)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        out_weight, num_heads = self.out_proj.weight, self.num_heads
+        if heads is None:
+            q, k, v = (proj(x) for proj in projections)
+        else:  # only the heads sampled open: their rows of q / k / v, their columns of out_proj
+            rows = (heads[:, None] * self.head_dim + torch.arange(self.head_dim, device=x.device)).flatten()
+            q, k, v = (F.linear(x, proj.weight.index_select(0, rows), proj.bias.index_select(0, rows))
+                       for proj in projections)
+            z, out_weight, num_heads = z.index_select(0, heads), out_weight.index_select(1, rows), len(heads)
+        q, k, v = (y.view(b, t, num_heads, self.head_dim).transpose(1, 2) for y in (q, k, v))
         mask = None if key_mask is None else key_mask[:, None, None, :]
         if self.head_ids is not None and position_bias is not None:
-            bias = self.gated_position_bias(x, position_bias).to(q.dtype)
+            bias = self.gated_position_bias(x, position_bias, heads).to(q.dtype)
             mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
-        if self.gate is not None:
-            y = y * self.gate().view(-1, 1, 1)  # (batch, heads, frames, head_dim)
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+        if z is not None:
+            y = y * z.view(-1, 1, 1)  # (batch, heads, frames, head_dim)
+        return F.linear(y.transpose(1, 2).reshape(b, t, num_heads * self.head_dim), out_weight, self.out_proj.bias)
 
 
 class FeedForward(nn.Module):
@@ -269,10 +306,19 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.out_bias is not None:
             return self.out_bias.expand_as(x)
-        h = self.activation_dropout(F.gelu(self.intermediate(x)))
-        if self.gate is not None:
-            h = h * self.gate()
-        return self.dropout(self.output(h))
+        z = self.gate() if self.gate is not None else None
+        units = open_units(self.gate)
+        out_weight = self.output.weight
+        if units is None:
+            h = self.intermediate(x)
+        else:  # only the units sampled open
+            h = F.linear(x, self.intermediate.weight.index_select(0, units),
+                         self.intermediate.bias.index_select(0, units))
+            z, out_weight = z.index_select(0, units), out_weight.index_select(1, units)
+        h = self.activation_dropout(F.gelu(h))
+        if z is not None:
+            h = h * z
+        return self.dropout(F.linear(h, out_weight, self.output.bias))
 
 
 class EncoderLayer(nn.Module):
@@ -358,5 +404,6 @@ __all__ = [
     "SelfAttention",
     "frame_key_mask",
     "gated_layer_norm",
+    "open_units",
     "relative_position_buckets",
 ]

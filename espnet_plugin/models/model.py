@@ -86,8 +86,8 @@ class SpeechEncoder(nn.Module):
             self._sampled.current = sample_gates(self.gates())
         if self.config.normalize_waveform:
             wavs = normalize_waveforms(wavs, wav_lengths)
-        features = self.feature_extractor(wavs)
-        x = self.feature_projection(features, self.feature_extractor.last_gate())
+        features, channel_gate, channels = self.feature_extractor(wavs)
+        x = self.feature_projection(features, channel_gate, channels)
         lengths = None if wav_lengths is None else self.frame_lengths(wav_lengths).clamp(0, x.shape[1])
         key_mask = frame_key_mask(lengths, x.shape[1])
         if key_mask is not None:
@@ -151,6 +151,16 @@ class SpeechEncoder(nn.Module):
         if log_alpha is None:
             raise RuntimeError("sampled_structure() needs a training forward of a gated model first")
         return Structure.of_logits(self, log_alpha)
+
+    def skip_closed_units(self, fraction: float) -> None:
+        """Let training forwards leave out the units sampled exactly 0, in every gate group
+        where at least ``fraction`` of the units were (0 switches it off). Exact: such units
+        contribute 0 to the output and to every gradient; it saves their compute once the
+        gates start to close, at the cost of gathering the open units' weights."""
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"skip_closed_units: a share of a gate group in [0, 1), got {fraction}")
+        for gate in self.gates():
+            gate.skip_closed = fraction
 
     def gate_layout(self) -> GateLayout:
         """Built once: a model's units never change (pruning and shrinking build new models)."""
