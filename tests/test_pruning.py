@@ -304,3 +304,18 @@ def test_skipping_units_sampled_closed_changes_nothing(model_type, large, wavs):
             assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), f"{name}: {(a.grad - b.grad).abs().max()}"
     with pytest.raises(ValueError, match="skip_closed_units"):
         skipping.skip_closed_units(1.0)
+
+
+def test_costs_first_asked_for_under_inference_mode_serve_training(wavs):
+    """The layout and the cost coefficients are built once per model: built under
+    torch.inference_mode (an evaluation first), they still give the right counts and carry
+    gradients in training."""
+    gated, reference = gated_model("wavlm", True), gated_model("wavlm", True)
+    with torch.inference_mode():
+        gated.eval()(wavs)
+        assert gated.expected_params().item() == reference.expected_params().item()
+        assert gated.expected_macs().item() == reference.expected_macs().item()
+    gated.train()(wavs)
+    cost = gated.cost("params")(gated.sampled_structure())
+    cost.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gated.gate_parameters())

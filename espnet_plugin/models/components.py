@@ -242,10 +242,11 @@ class SelfAttention(nn.Module):
         """(batch, heads, frames, frames) bias: WavLM's gated relative-position bias (of the
         ``heads`` computed, None: all)."""
         b, t, d = x.shape
-        ids = self.head_ids if heads is None else self.head_ids[heads]
-        const = self.gru_rel_pos_const if heads is None else self.gru_rel_pos_const[:, heads]
+        ids, const, n = self.head_ids, self.gru_rel_pos_const, self.num_heads
+        if heads is not None:
+            ids, const, n = ids[heads], const[:, heads], len(heads)
         chunks = x.view(b, t, d // self.rel_pos_chunk, self.rel_pos_chunk)[:, :, ids]
-        proj = self.gru_rel_pos_linear(chunks.transpose(1, 2)).view(b, len(ids), t, 2, 4).sum(-1)
+        proj = self.gru_rel_pos_linear(chunks.transpose(1, 2)).view(b, n, t, 2, 4).sum(-1)
         gate_a, gate_b = torch.sigmoid(proj).chunk(2, dim=-1)
         scale = gate_a * (gate_b * const - 1.0) + 2.0
         return scale * position_bias[ids][None]

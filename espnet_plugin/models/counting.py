@@ -14,7 +14,6 @@ Integer-valued terms summed in float64 stay exact.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -120,6 +119,22 @@ class Structure:
         return cls(torch.stack(parts), len(conv_channels), len(heads), True)
 
 
+class _Constants:
+    """Constant tensors made once on the CPU, outside inference mode (autograd may have to save
+    them, and a model is often first asked for its costs under ``torch.inference_mode``), and
+    copied once to each device they are used on."""
+
+    def __init__(self, make: Callable[[], Tuple[torch.Tensor, ...]]) -> None:
+        with torch.inference_mode(False):
+            self._on = {torch.device("cpu"): tuple(make())}
+
+    def on(self, device: torch.device) -> Tuple[torch.Tensor, ...]:
+        if device not in self._on:
+            with torch.inference_mode(False):
+                self._on[device] = tuple(t.to(device) for t in self._on[torch.device("cpu")])
+        return self._on[device]
+
+
 class GateLayout:
     """Where each gate unit of a model goes in the vector of a :class:`Structure`.
 
@@ -158,16 +173,14 @@ class GateLayout:
                 place(4, i, layer.ffn_block_gate, 1)
         slots = [position[id(gate)] for gate in gates for _ in range(gate.n)]
         self.counts_any_open = bool(model.config.layer_norm_first or model.config.is_wavlm)
-        self._tensors = {torch.device("cpu"): (
+        self._constants = _Constants(lambda: (
             torch.tensor(base, dtype=COUNT_DTYPE), torch.tensor(none_open, dtype=COUNT_DTYPE),
             torch.tensor(slots, dtype=torch.long),
-        )}
+        ))
 
     def structure(self, flat: torch.Tensor) -> Structure:
         """``flat``: float64 openness of every gate unit, in ``model.gates()`` order."""
-        if flat.device not in self._tensors:
-            self._tensors[flat.device] = tuple(t.to(flat.device) for t in self._tensors[torch.device("cpu")])
-        base, none_open, slots = self._tensors[flat.device]
+        base, none_open, slots = self._constants.on(flat.device)
         vector = base.index_add(0, slots, flat)
         if self.counts_any_open:
             any_open = 1.0 - none_open.scatter_reduce(0, slots, 1.0 - flat, "prod")
@@ -186,23 +199,22 @@ class QuadraticCost:
     """
 
     def __init__(self, count: Callable[[Structure], torch.Tensor], template: Structure) -> None:
-        zero = torch.zeros(template.vector.numel(), dtype=COUNT_DTYPE)  # on the CPU, wherever the model is
+        size = template.vector.numel()
 
         def f(vector: torch.Tensor) -> torch.Tensor:
             return count(template.with_vector(vector))
 
-        cpu = (
-            f(zero).detach(),
-            torch.autograd.functional.jacobian(f, zero),
-            0.5 * torch.autograd.functional.hessian(f, zero),
-        )
-        self._tensors = {torch.device("cpu"): cpu}
+        def coefficients() -> Tuple[torch.Tensor, ...]:
+            zero = torch.zeros(size, dtype=COUNT_DTYPE)  # on the CPU, wherever the model is
+            with torch.enable_grad():
+                return (f(zero).detach(), torch.autograd.functional.jacobian(f, zero),
+                        0.5 * torch.autograd.functional.hessian(f, zero))
+
+        self._constants = _Constants(coefficients)
 
     def __call__(self, structure: Structure) -> torch.Tensor:
         s = structure.vector
-        if s.device not in self._tensors:
-            self._tensors[s.device] = tuple(t.to(s.device) for t in self._tensors[torch.device("cpu")])
-        constant, linear, quadratic = self._tensors[s.device]
+        constant, linear, quadratic = self._constants.on(s.device)
         return constant + (s * (linear + quadratic @ s)).sum()
 
 
@@ -214,25 +226,22 @@ def frames_per_layer(conv_layers, samples: int) -> List[int]:
     return frames
 
 
-@functools.lru_cache(maxsize=64)
-def _conv_coefficients(conv_layers: Tuple[Tuple[int, int, int], ...], conv_bias: bool, layer_norm: bool, samples: int):
-    """Per conv layer: params per (in x out) channel pair, per out channel; MACs per pair."""
-    frames = frames_per_layer(conv_layers, samples)
-    kernels = torch.tensor([kernel for _, kernel, _ in conv_layers], dtype=COUNT_DTYPE)
-    per_channel = torch.tensor(
-        [float(conv_bias) + 2.0 * (layer_norm or i == 0) for i in range(len(conv_layers))], dtype=COUNT_DTYPE,
-    )  # conv bias, norm weight and bias
-    macs = torch.tensor([f * kernel for f, (_, kernel, _) in zip(frames, conv_layers)], dtype=COUNT_DTYPE)
-    return kernels, per_channel, macs
-
-
 def _conv_terms(cfg, s: Structure, samples: int = SAMPLE_RATE):
-    """(input channels, output channels) of every conv layer and the layers' coefficients."""
-    key = tuple(tuple(layer) for layer in cfg.conv_layers)
-    coefficients = _conv_coefficients(key, bool(cfg.conv_bias), cfg.extractor_mode == "layer_norm", samples)
+    """(input channels, output channels) of every conv layer, and per layer: params per
+    (input x output) channel pair, params per output channel (conv bias, norm weight and
+    bias), MACs per channel pair."""
     out_ch = s.conv_channels
     in_ch = torch.cat([out_ch.new_ones(1), out_ch[:-1]])
-    return in_ch, out_ch, [c.to(out_ch.device) for c in coefficients]
+    layer_norm = cfg.extractor_mode == "layer_norm"
+    frames = frames_per_layer(cfg.conv_layers, samples)
+
+    def vector(values) -> torch.Tensor:
+        return torch.tensor(values, dtype=COUNT_DTYPE, device=out_ch.device)
+
+    kernels = vector([kernel for _, kernel, _ in cfg.conv_layers])
+    per_channel = vector([float(cfg.conv_bias) + 2.0 * (layer_norm or i == 0) for i in range(len(cfg.conv_layers))])
+    macs = vector([f * kernel for f, (_, kernel, _) in zip(frames, cfg.conv_layers)])
+    return in_ch, out_ch, (kernels, per_channel, macs)
 
 
 def count_params(cfg, s: Structure) -> torch.Tensor:
