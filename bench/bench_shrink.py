@@ -42,8 +42,8 @@ def batches(count: int, seed: int = 0) -> List[torch.Tensor]:
     return [torch.randn(4, 16000, generator=gen) * 0.1 for _ in range(count)]
 
 
-def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[float], skip: float = 0.0
-        ) -> Dict[str, object]:
+def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[float], skip: float = 0.0,
+        fused: bool = False) -> Dict[str, object]:
     torch.manual_seed(0)
     gates = GateConfig(conv_channels=True, attention_heads=True, ffn_units=True)
     model = DistillPruneModel(
@@ -55,7 +55,7 @@ def run(teacher: SpeechEncoder, args: argparse.Namespace, threshold: Optional[fl
         skip_closed_units=skip,
     ).train()
     optimizer = torch.optim.AdamW(model.parameter_groups(args.lr, args.gate_lr, args.lambda_lr), lr=args.lr,
-                                  weight_decay=0.0)
+                                  weight_decay=0.0, fused=fused or None)
     model.attach_optimizer(optimizer)
     data = batches(8)
     lengths = torch.full((4,), 16000)
@@ -104,7 +104,7 @@ def budget_name(args) -> str:
 
 
 def section_mark(args) -> str:
-    name = budget_name(args) + ("_skip" if args.skip_closed else "")
+    name = budget_name(args) + ("_skip" if args.skip_closed else "") + ("_fused" if args.fused_adamw else "")
     return MARK if name == "params" else f"{MARK}_{name}"
 
 
@@ -133,6 +133,7 @@ def section(args, results, teacher_s: float, mark: str) -> str:
     options = f" --metric {args.metric}" + ("" if args.macs_target is None else f" --macs_target {args.macs_target}")
     options += "" if args.only is None else f" --only '{args.only}'"
     options += f" --skip_closed {args.skip_closed}" if args.skip_closed else ""
+    options += " --fused_adamw" if args.fused_adamw else ""
     if args.quadratic_penalty is not None:
         options += f" --quadratic_penalty {args.quadratic_penalty}"
         budget += f", quadratic penalty (weight {args.quadratic_penalty}) instead of trained multipliers"
@@ -143,7 +144,8 @@ def section(args, results, teacher_s: float, mark: str) -> str:
     return "\n".join([
         markers(mark)[0],
         f"## Shrinking the student during stage 1, {budget_name(args).replace('_', ', ')} budget"
-        + (", skipping units sampled closed" if args.skip_closed else "") + " (`bench/bench_shrink.py`)",
+        + (", skipping units sampled closed" if args.skip_closed else "")
+        + (", fused AdamW" if args.fused_adamw else "") + " (`bench/bench_shrink.py`)",
         "",
         f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; fp32",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
@@ -155,7 +157,9 @@ def section(args, results, teacher_s: float, mark: str) -> str:
         f"{args.steps} steps, the model's forward + backward + step timed (no data loading); shrinking: "
         f"P(open) < {args.threshold} every {args.interval} steps"
         + (f", and each step leaves out the units sampled closed in groups where at least {args.skip_closed:.0%} "
-           "were" if args.skip_closed else ""),
+           "were" if args.skip_closed else "")
+        + ("; the shrinking run's AdamW is torch's fused kernel (the full-size run's is torch's default)"
+           if args.fused_adamw else ""),
         f"- the teacher's forward alone: {teacher_s:.2f} s per batch (the part of a step shrinking cannot touch)",
         "",
         "| student | total s | median step s, ramp | median step s, last quarter | params at the end (M) "
@@ -194,6 +198,9 @@ def main() -> int:
     parser.add_argument("--skip_closed", type=float, default=0.0,
                         help="the shrinking run also leaves out units sampled closed in groups where at least this "
                              "share was (model_conf.skip_closed_units)")
+    parser.add_argument("--fused_adamw", action="store_true",
+                        help="the shrinking run's AdamW uses torch's fused kernel (optim_conf: {fused: true}); the "
+                             "full-size run keeps torch's default, as the official code does")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a tiny teacher: checks the script, times nothing")
     args = parser.parse_args()
@@ -211,7 +218,8 @@ def main() -> int:
         if args.only not in (None, name):
             continue
         print(name, flush=True)
-        results[name] = run(teacher, args, threshold, args.skip_closed if threshold is not None else 0.0)
+        ours = threshold is not None
+        results[name] = run(teacher, args, threshold, args.skip_closed if ours else 0.0, args.fused_adamw and ours)
     mark = section_mark(args)
     text = section(args, results, teacher_s, mark)
     print(text)

@@ -84,8 +84,9 @@ def distill_prune_model(**kwargs) -> DistillPruneModel:
     return DistillPruneModel(student, teacher, losses, target_sparsity=0.5, shrink_threshold=0.01, **kwargs)
 
 
-def adam_for(model: DistillPruneModel) -> torch.optim.Optimizer:
-    optimizer = torch.optim.AdamW(model.parameter_groups(1e-3, 0.1, 0.02), lr=1e-3, weight_decay=0.0)
+def adam_for(model: DistillPruneModel, fused: bool = False) -> torch.optim.Optimizer:
+    optimizer = torch.optim.AdamW(model.parameter_groups(1e-3, 0.1, 0.02), lr=1e-3, weight_decay=0.0,
+                                  fused=fused or None)
     model.attach_optimizer(optimizer)
     return optimizer
 
@@ -99,9 +100,10 @@ def train_steps(model, optimizer, wavs, steps):
         optimizer.step()
 
 
-def test_the_optimizer_keeps_the_state_of_the_kept_units(wavs):
+@pytest.mark.parametrize("fused", [False, True], ids=["adamw", "fused_adamw"])
+def test_the_optimizer_keeps_the_state_of_the_kept_units(wavs, fused):
     model = distill_prune_model(shrink_interval=1000, skip_closed_units=0.25)
-    optimizer = adam_for(model)
+    optimizer = adam_for(model, fused)
     train_steps(model, optimizer, wavs, 2)
     set_gates_(model.student)
     old_ffn = model.student.layers[0].ffn.intermediate.weight
@@ -167,6 +169,7 @@ def test_shrinking_needs_gates_and_a_small_threshold():
 def shrinking_config(tmp_path, **changes):
     config = yaml.safe_load((CONF_DIR / "tiny_stage1.yaml").read_text())
     config["model_conf"].update(shrink_threshold=0.05, shrink_interval=10)
+    config["optim_conf"]["fused"] = True  # torch's fused AdamW: its state follows the shrinking student too
     config.update({"gate_lr": 0.3, "keep_nbest_models": 1, "max_epoch": 12, **changes})
     path = tmp_path / "shrink.yaml"
     path.write_text(yaml.safe_dump(config))
