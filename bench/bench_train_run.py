@@ -1,0 +1,173 @@
+"""A whole short stage-1 run through ``distill_prune_train`` (ESPnet's trainer, data loading,
+validation and checkpoints included): full size against shrinking + skipping + fused AdamW.
+
+    python bench/bench_train_run.py --output docs/benchmarks.md [--quick]
+
+The run the issue measured the official code against (200 steps, batch 4 x 1 s, HuBERT Base
+teacher and gated student, conv channels + heads + FFN units, L1 + cosine on layers
+0/4/8/12, the MAC sparsity target 0.75 ramped over 40 steps, fp32), written as two ESPnet
+configs that differ only in the speed settings: the full-size run keeps torch's default AdamW
+as the official code does; ours sets ``model_conf.shrink_threshold`` / ``shrink_interval`` /
+``skip_closed_units`` and ``optim_conf.fused``. Both runs get the same seed and batches.
+Writes its own section of the benchmarks file (between ``<!-- bench_train_run:start/end -->``).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import soundfile
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import markers, write_section  # noqa: E402
+from espnet_plugin.compact import save_model  # noqa: E402
+from espnet_plugin.models import SpeechEncoder, hubert_base_config, tiny_config  # noqa: E402
+from espnet_plugin.utils.kaldi_data import write_scp, write_shape_file  # noqa: E402
+from espnet_plugin.utils.machine import cpu_name  # noqa: E402
+
+MARK = "bench_train_run"
+OURS = {"shrink_threshold": 0.05, "shrink_interval": 10, "skip_closed_units": 0.5}
+
+
+def write_data(root: Path, count: int, seed: int) -> Path:
+    """``count`` utterances of 1 s of noise as a Kaldi-style data dir (wav.scp, speech_shape)."""
+    gen = torch.Generator().manual_seed(seed)
+    entries = {}
+    for i in range(count):
+        path = root / "wav" / f"utt{i:03d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(path, (torch.randn(16000, generator=gen) * 0.1).numpy(), 16000)
+        entries[f"utt{i:03d}"] = str(path)
+    write_scp(root / "wav.scp", entries)
+    write_shape_file(root / "wav.scp", root / "speech_shape")
+    return root
+
+
+def config(args: argparse.Namespace, ours: bool) -> Dict[str, object]:
+    layers = 12 if not args.quick else 2
+    model_conf: Dict[str, object] = {
+        "distill_losses": [{"name": "layer_to_layer",
+                            "conf": {"layer_map": [[i, i] for i in range(0, layers + 1, layers // 3 or 1)]}}],
+        "target_sparsity": 0.75, "sparsity_metric": "macs", "sparsity_warmup_steps": 40,
+    }
+    optim_conf: Dict[str, object] = {"lr": 2e-4, "weight_decay": 0.0}
+    if ours:
+        model_conf.update(OURS)
+        optim_conf["fused"] = True
+    return {
+        "gates_conf": {"conv_channels": True, "attention_heads": True, "ffn_units": True},
+        "model": "distill_prune", "model_conf": model_conf,
+        "optim": "adamw", "optim_conf": optim_conf, "gate_lr": args.gate_lr, "lambda_lr": args.lambda_lr,
+        "grad_clip": 10, "batch_type": "numel", "batch_bins": 4 * 16000,
+        "num_iters_per_epoch": args.steps // args.epochs, "max_epoch": args.epochs, "num_workers": 0,
+        "keep_nbest_models": 1, "best_model_criterion": [["valid", "distill", "min"]],
+        "use_tensorboard": False, "use_matplotlib": False,
+    }
+
+
+def train(root: Path, name: str, conf: Dict[str, object]) -> Dict[str, object]:
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    command = [
+        sys.executable, "-m", "espnet_plugin.bin.distill_prune_train", "--config", str(path),
+        "--teacher_path", str(root / "teacher"), "--output_dir", str(root / name), "--ngpu", "0", "--seed", "0",
+        "--train_data_path_and_name_and_type", f"{root / 'train' / 'wav.scp'},speech,sound",
+        "--train_shape_file", str(root / "train" / "speech_shape"),
+        "--valid_data_path_and_name_and_type", f"{root / 'valid' / 'wav.scp'},speech,sound",
+        "--valid_shape_file", str(root / "valid" / "speech_shape"),
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{name}: distill_prune_train failed:\n{done.stderr[-3000:]}")
+    last = [line for line in done.stderr.splitlines() if "epoch results:" in line][-1]
+    train_part, valid_part = last.split("[valid]")
+
+    def value(part: str, key: str) -> float:
+        return float(re.search(rf"\b{key}=([-\d.e+]+)", part).group(1))
+
+    shrinks = re.findall(r"closed units removed from the student, ([\d.]+) M params left", done.stderr)
+    return {
+        "seconds": seconds, "train_time": value(train_part, "train_time"),
+        "sparsity": value(train_part, "expected_sparsity"), "distill": value(train_part, "distill"),
+        "valid_distill": value(valid_part, "distill"), "shrinks": len(shrinks),
+        "params_left": float(shrinks[-1]) if shrinks else None,
+    }
+
+
+def section(args: argparse.Namespace, results: Dict[str, Dict[str, object]], full_params: float) -> str:
+    rows: List[str] = []
+    for name, r in results.items():
+        params = r["params_left"] if r["params_left"] is not None else full_params
+        rows.append(
+            f"| {name} | {r['seconds']:.0f} | {r['seconds'] / results['full size']['seconds']:.2f}x | "
+            f"{r['train_time']:.3f} | {params:.2f} | {r['sparsity']:.4f} | {r['distill']:.4f} | "
+            f"{r['valid_distill']:.4f} |"
+        )
+    load = os.getloadavg()
+    options = " ".join(f"{k}: {v}" for k, v in OURS.items())
+    return "\n".join([
+        markers(MARK)[0],
+        "## A whole stage-1 run through `distill_prune_train` (`bench/bench_train_run.py`)",
+        "",
+        f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; fp32",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
+        f"- command: `python bench/bench_train_run.py --steps {args.steps} --epochs {args.epochs}`",
+        f"- run: ESPnet's trainer, {args.steps} steps ({args.epochs} epochs, a validation batch and a checkpoint "
+        "after each), HuBERT Base teacher and gated student (conv channels, heads, FFN units), random weights, "
+        f"L1 + cosine on layers 0/4/8/12, AdamW (lr 0.0002, gates {args.gate_lr}, multipliers {args.lambda_lr}, "
+        "weight decay 0), gradient clipping 10, batch 4 x 1 s of noise, MAC sparsity target 0.75 ramped over "
+        f"40 steps; ours: `model_conf` {options} and `optim_conf.fused: true`",
+        "",
+        "| run | wall s (process) | vs full size | train s per step (ESPnet's train_time, last epoch) "
+        "| student params at the end (M) | expected MAC sparsity, last epoch | distill loss, last epoch "
+        "| valid distill loss |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        markers(MARK)[1],
+    ])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--gate_lr", type=float, default=0.2)
+    parser.add_argument("--lambda_lr", type=float, default=0.05)
+    parser.add_argument("--quick", action="store_true", help="a tiny teacher: checks the script, times nothing")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_data(root / "train", 32, seed=0)
+        write_data(root / "valid", 4, seed=1)
+        torch.manual_seed(0)
+        teacher = SpeechEncoder(tiny_config(num_layers=2) if args.quick else hubert_base_config())
+        save_model(teacher, root / "teacher", {"source": "random weights (bench_train_run)"})
+        results = {}
+        for name, ours in (("full size", False), ("shrinking + skipping + fused AdamW", True)):
+            print(name, flush=True)
+            results[name] = train(root, name.split()[0], config(args, ours))
+            print(results[name], flush=True)
+        text = section(args, results, teacher.num_params() / 1e6)
+    print(text)
+    if not args.quick:
+        write_section(args.output, MARK, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
