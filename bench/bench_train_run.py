@@ -69,7 +69,7 @@ def config(args: argparse.Namespace, ours: bool) -> Dict[str, object]:
         "gates_conf": {"conv_channels": True, "attention_heads": True, "ffn_units": True},
         "model": "distill_prune", "model_conf": model_conf,
         "optim": "adamw", "optim_conf": optim_conf, "gate_lr": args.gate_lr, "lambda_lr": args.lambda_lr,
-        "grad_clip": 10, "batch_type": "numel", "batch_bins": 4 * 16000,
+        "grad_clip": 10, "batch_type": "sorted", "batch_size": 4,
         "num_iters_per_epoch": args.steps // args.epochs, "max_epoch": args.epochs, "num_workers": 0,
         "keep_nbest_models": 1, "best_model_criterion": [["valid", "distill", "min"]],
         "use_tensorboard": False, "use_matplotlib": False,
@@ -98,12 +98,13 @@ def train(root: Path, name: str, conf: Dict[str, object]) -> Dict[str, object]:
     def value(part: str, key: str) -> float:
         return float(re.search(rf"\b{key}=([-\d.e+]+)", part).group(1))
 
+    batches = re.search(r"\[train\] mini-batch sizes summary: N-batch=\d+, (.*)", done.stderr).group(1)
     shrinks = re.findall(r"closed units removed from the student, ([\d.]+) M params left", done.stderr)
     return {
         "seconds": seconds, "train_time": value(train_part, "train_time"),
         "sparsity": value(train_part, "expected_sparsity"), "distill": value(train_part, "distill"),
         "valid_distill": value(valid_part, "distill"), "shrinks": len(shrinks),
-        "params_left": float(shrinks[-1]) if shrinks else None,
+        "params_left": float(shrinks[-1]) if shrinks else None, "batches": batches,
     }
 
 
@@ -131,6 +132,7 @@ def section(args: argparse.Namespace, results: Dict[str, Dict[str, object]], ful
         f"L1 + cosine on layers 0/4/8/12, AdamW (lr 0.0002, gates {args.gate_lr}, multipliers {args.lambda_lr}, "
         "weight decay 0), gradient clipping 10, batch 4 x 1 s of noise, MAC sparsity target 0.75 ramped over "
         f"40 steps; ours: `model_conf` {options} and `optim_conf.fused: true`",
+        f"- mini-batch sizes (ESPnet's summary): {results['full size']['batches']}",
         "",
         "| run | wall s (process) | vs full size | train s per step (ESPnet's train_time, last epoch) "
         "| student params at the end (M) | expected MAC sparsity, last epoch | distill loss, last epoch "
