@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from espnet_plugin.utils.quiet_import import import_espnet_quietly
 
 import_espnet_quietly()
@@ -45,6 +47,17 @@ class PluginTask(AbsTask):
     def main_worker(cls, args: argparse.Namespace) -> None:
         if args.output_dir is None or not is_main_process(args):
             super().main_worker(args)
-            return
-        with exclusive_output_dir(args.output_dir):
-            super().main_worker(args)
+        else:
+            with exclusive_output_dir(args.output_dir):
+                super().main_worker(args)
+        release_process_group()
+
+
+def release_process_group() -> None:
+    """End a finished DDP run's process group on every worker together. Left to the
+    interpreter's exit, gloo's threads can abort a worker ("terminate called without an active
+    exception") after the run has finished, and torchrun then reports the run as failed. The
+    barrier waits for the main worker, which averages the best checkpoints alone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
