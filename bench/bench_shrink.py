@@ -13,8 +13,6 @@ section of the benchmarks file (between ``<!-- bench_shrink:start/end -->``).
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import statistics
 import sys
 import time
@@ -25,13 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import markers, write_section  # noqa: E402
+from bench.common import fp32_run_lines, markers, write_section  # noqa: E402
 from espnet_plugin.distill.export import budget_keep  # noqa: E402
 from espnet_plugin.distill.model import DistillPruneModel  # noqa: E402
 from espnet_plugin.distill.student import build_student  # noqa: E402
 from espnet_plugin.models import GateConfig, SpeechEncoder, hubert_base_config  # noqa: E402
 from espnet_plugin.pruning import prune_model  # noqa: E402
-from espnet_plugin.utils.machine import cpu_name  # noqa: E402
 
 MARK = "bench_shrink"
 LAYER_MAP = [[0, 0], [4, 4], [8, 8], [12, 12]]
@@ -140,16 +137,13 @@ def section(args, results, teacher_s: float, mark: str) -> str:
     if args.macs_quadratic_penalty is not None:
         options += f" --macs_quadratic_penalty {args.macs_quadratic_penalty}"
         budget += f" (MAC term: weight {args.macs_quadratic_penalty})"
-    load = os.getloadavg()
     return "\n".join([
         markers(mark)[0],
         f"## Shrinking the student during stage 1, {budget_name(args).replace('_', ', ')} budget"
         + (", skipping units sampled closed" if args.skip_closed else "")
         + (", fused AdamW" if args.fused_adamw else "") + " (`bench/bench_shrink.py`)",
         "",
-        f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; fp32",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
-        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
+        *fp32_run_lines(),
         f"- command: `python bench/bench_shrink.py --steps {args.steps}{options}`",
         f"- run: HuBERT Base teacher and gated student (conv channels, heads, FFN units), random weights, L1 + cosine "
         f"on layers 0/4/8/12, AdamW (lr {args.lr}, gates {args.gate_lr}, multipliers {args.lambda_lr}), gradient "

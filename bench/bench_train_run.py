@@ -14,8 +14,6 @@ Writes its own section of the benchmarks file (between ``<!-- bench_train_run:st
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import re
 import subprocess
 import sys
@@ -30,11 +28,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import markers, write_section  # noqa: E402
+from bench.common import fp32_run_lines, markers, write_section  # noqa: E402
 from espnet_plugin.compact import save_model  # noqa: E402
 from espnet_plugin.models import SpeechEncoder, hubert_base_config, tiny_config  # noqa: E402
 from espnet_plugin.utils.kaldi_data import write_scp, write_shape_file  # noqa: E402
-from espnet_plugin.utils.machine import cpu_name  # noqa: E402
 
 MARK = "bench_train_run"
 OURS = {"shrink_threshold": 0.05, "shrink_interval": 10, "skip_closed_units": 0.5}
@@ -117,15 +114,12 @@ def section(args: argparse.Namespace, results: Dict[str, Dict[str, object]], ful
             f"{r['train_time']:.3f} | {params:.2f} | {r['sparsity']:.4f} | {r['distill']:.4f} | "
             f"{r['valid_distill']:.4f} |"
         )
-    load = os.getloadavg()
     options = " ".join(f"{k}: {v}" for k, v in OURS.items())
     return "\n".join([
         markers(MARK)[0],
         "## A whole stage-1 run through `distill_prune_train` (`bench/bench_train_run.py`)",
         "",
-        f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; fp32",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
-        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
+        *fp32_run_lines(),
         f"- command: `python bench/bench_train_run.py --steps {args.steps} --epochs {args.epochs}`",
         f"- run: ESPnet's trainer, {args.steps} steps ({args.epochs} epochs, a validation batch and a checkpoint "
         "after each), HuBERT Base teacher and gated student (conv channels, heads, FFN units), random weights, "

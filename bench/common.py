@@ -1,7 +1,14 @@
 """Helpers shared by the benchmark scripts: each writes its own section of docs/benchmarks.md."""
 from __future__ import annotations
 
+import datetime
+import os
 from pathlib import Path
+from typing import List
+
+import torch
+
+from espnet_plugin.utils.machine import cpu_name
 
 HEADER = "# Benchmarks\n\nEach section is written by the script named in its heading; rerun it to refresh.\n"
 
@@ -22,3 +29,14 @@ def write_section(path: Path, mark: str, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def fp32_run_lines() -> List[str]:
+    """The machine and the moment of an fp32 training benchmark, written after the run: CPU,
+    threads, torch version, date and the load average then (a busy machine shows there)."""
+    load = os.getloadavg()
+    return [
+        f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; fp32",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
+    ]

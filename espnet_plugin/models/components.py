@@ -45,6 +45,11 @@ def gated_layer_norm(
     return centred * torch.rsqrt(var + norm.eps) * (weight * gate) + bias * gate
 
 
+def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Rows of a q / k / v projection (columns of the output projection) that ``heads`` own."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
+
+
 def open_units(gate: Optional[HardConcreteGate]) -> Optional[torch.Tensor]:
     """The units of ``gate``'s group a training forward computes (None: all of them)."""
     return None if gate is None else gate.open_units()
@@ -265,7 +270,7 @@ class SelfAttention(nn.Module):
         if heads is None:
             q, k, v = (proj(x) for proj in projections)
         else:  # only the heads sampled open: their rows of q / k / v, their columns of out_proj
-            rows = (heads[:, None] * self.head_dim + torch.arange(self.head_dim, device=x.device)).flatten()
+            rows = head_rows(heads, self.head_dim)
             q, k, v = (F.linear(x, proj.weight.index_select(0, rows), proj.bias.index_select(0, rows))
                        for proj in projections)
             z, out_weight, num_heads = z.index_select(0, heads), out_weight.index_select(1, rows), len(heads)
@@ -405,6 +410,7 @@ __all__ = [
     "SelfAttention",
     "frame_key_mask",
     "gated_layer_norm",
+    "head_rows",
     "open_units",
     "relative_position_buckets",
 ]

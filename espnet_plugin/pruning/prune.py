@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from espnet_plugin.gates import HardConcreteGate
+from espnet_plugin.models.components import head_rows
 from espnet_plugin.models.config import EncoderConfig, GateConfig
 from espnet_plugin.models.counting import COUNT_DTYPE, Structure
 from espnet_plugin.models.model import SpeechEncoder
@@ -117,8 +118,7 @@ def slice_plan(model: SpeechEncoder, kept: KeptUnits) -> SlicePlan:
     for i, (layer, heads, units) in enumerate(zip(model.layers, kept.heads, kept.units)):
         a, f = f"layers.{i}.attention.", f"layers.{i}.ffn."
         if len(heads):
-            dh = layer.attention.head_dim
-            inner = (heads[:, None] * dh + torch.arange(dh)[None]).flatten()
+            inner = head_rows(heads, layer.attention.head_dim)
             rows(a, ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "v_proj.weight",
                      "v_proj.bias"), inner)
             rows(a, ("out_proj.weight",), inner, dim=1)
