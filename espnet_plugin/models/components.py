@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from espnet_plugin.gates import HardConcreteGate
+from espnet_plugin.models.time_conv import grouped_time_conv
 
 
 def gated_layer_norm(
@@ -181,10 +182,11 @@ class ConvPositionalEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, frames, dim) -> the positional term added to x."""
-        y = self.conv(x.transpose(1, 2))
+        conv = self.conv
+        y = grouped_time_conv(x, conv.weight, conv.bias, conv.padding[0], conv.groups)
         if self.trim:
-            y = y[..., :-self.trim]
-        return F.gelu(y).transpose(1, 2)
+            y = y[:, :-self.trim]
+        return F.gelu(y)
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device) -> torch.Tensor:

@@ -1,0 +1,78 @@
+"""Grouped convolution over time on (batch, frames, channels) tensors: the positional
+convolution's fast path.
+
+wav2vec 2.0 / HuBERT / WavLM add a grouped convolution over time (768 channels in 16 groups,
+kernel 128 at Base size) to the transformer's input. On a CPU, torch's ``Conv1d`` runs it at
+about a third of the machine's peak and its weight gradient slower still. The same convolution
+written as a 2-d one on channels-last tensors reads the hidden states where they lie (no
+transposed copy) and runs about twice as fast; its backward pass here is two more forward
+convolutions: the input gradient is the transposed convolution, and the weight gradient is a
+convolution with the roles swapped (input channels as the batch, the batch as the channels),
+which oneDNN runs ~2x faster than torch's own weight-gradient kernel. docs/benchmarks.md has
+the measurements (``bench/bench_pos_conv.py``). Results equal ``Conv1d``'s up to float rounding.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+CHANNELS_LAST = torch.channels_last
+
+
+def grouped_time_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int, groups: int
+) -> torch.Tensor:
+    """``Conv1d`` over the frames of ``x`` (batch, frames, channels) with ``weight`` (out,
+    in / groups, kernel), stride 1 and ``padding`` zeros on both sides; returns (batch,
+    output frames, out channels), a view of a channels-last result."""
+    x4 = x.transpose(1, 2).unsqueeze(2)  # (batch, channels, 1, frames): channels-last, no copy
+    weight4 = weight.unsqueeze(2)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        y = _GroupedTimeConv.apply(x4, weight4, bias, padding, groups)
+    else:
+        y = F.conv2d(x4, weight4, bias, padding=(0, padding), groups=groups)
+    return y.squeeze(2).transpose(1, 2)
+
+
+class _GroupedTimeConv(torch.autograd.Function):
+    """Forward and both gradients of the channels-last grouped convolution as convolutions."""
+
+    @staticmethod
+    def forward(ctx, x4: torch.Tensor, weight4: torch.Tensor, bias: Optional[torch.Tensor], padding: int,
+                groups: int) -> torch.Tensor:
+        ctx.save_for_backward(x4, weight4)
+        ctx.padding, ctx.groups = padding, groups
+        return F.conv2d(x4, weight4, bias, padding=(0, padding), groups=groups)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        x4, weight4 = ctx.saved_tensors
+        padding, groups = ctx.padding, ctx.groups
+        grad = grad.contiguous(memory_format=CHANNELS_LAST)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv_transpose2d(grad, weight4, padding=(0, padding), groups=groups)
+        if ctx.needs_input_grad[1]:
+            grad_weight = _weight_grad(x4, grad, padding, groups)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3))
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+def _weight_grad(x4: torch.Tensor, grad: torch.Tensor, padding: int, groups: int) -> torch.Tensor:
+    """d loss / d weight as one grouped convolution: the padded input's channels become the
+    batch and its batch the channels; the output gradient is the kernel. Returns (out, in /
+    groups, 1, kernel)."""
+    batch, channels, _, frames = x4.shape
+    out_channels, out_frames = grad.shape[1], grad.shape[3]
+    per_in, per_out = channels // groups, out_channels // groups
+    padded = frames + 2 * padding
+    xs = F.pad(x4, (padding, padding)).reshape(batch, groups, per_in, 1, padded)
+    xs = xs.permute(2, 1, 0, 3, 4).reshape(per_in, groups * batch, 1, padded)
+    ks = grad.reshape(batch, groups, per_out, 1, out_frames).permute(1, 2, 0, 3, 4)
+    ks = ks.reshape(out_channels, batch, 1, out_frames)
+    out = F.conv2d(xs.contiguous(memory_format=CHANNELS_LAST), ks.contiguous(memory_format=CHANNELS_LAST),
+                   groups=groups)  # (in / groups, out, 1, kernel)
+    return out.permute(1, 0, 2, 3).contiguous()

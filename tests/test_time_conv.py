@@ -1,0 +1,61 @@
+"""The positional convolution's channels-last fast path equals torch's Conv1d, values and gradients."""
+import pytest
+import torch
+
+from espnet_plugin.models.components import ConvPositionalEmbedding
+from espnet_plugin.models.time_conv import grouped_time_conv
+
+SHAPES = [  # batch, frames, channels, kernel, groups
+    (4, 49, 96, 128, 16),  # fewer frames than the kernel (1 s of audio at Base size, scaled down)
+    (2, 300, 64, 31, 8),  # more frames than the kernel, odd kernel
+    (3, 7, 12, 16, 4),
+    (1, 5, 8, 4, 1),  # one group
+]
+
+
+@pytest.mark.parametrize("batch,frames,channels,kernel,groups", SHAPES)
+def test_values_and_gradients_equal_conv1d(batch, frames, channels, kernel, groups):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=groups).double()
+    x = torch.randn(batch, frames, channels, dtype=torch.double, requires_grad=True)
+    expected = conv(x.transpose(1, 2)).transpose(1, 2)
+    out_grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, [x, conv.weight, conv.bias], out_grad)
+
+    y = grouped_time_conv(x, conv.weight, conv.bias, kernel // 2, groups)
+    grads = torch.autograd.grad(y, [x, conv.weight, conv.bias], out_grad)
+
+    assert y.shape == expected.shape
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-11)
+
+
+def test_gradcheck_with_frozen_input_and_no_bias():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 8, dtype=torch.double)
+    weight = torch.randn(8, 4, 5, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w: grouped_time_conv(x, w, None, 2, 2), (weight,))
+
+
+def test_no_grad_path_equals_training_path():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(32, 32, 16, padding=8, groups=4)
+    x = torch.randn(2, 20, 32)
+    with torch.no_grad():
+        frozen = grouped_time_conv(x, conv.weight, conv.bias, 8, 4)
+    trained = grouped_time_conv(x, conv.weight, conv.bias, 8, 4)
+    assert trained.requires_grad
+    torch.testing.assert_close(frozen, trained.detach(), rtol=0, atol=1e-6)
+
+
+def test_positional_embedding_matches_weight_normed_conv1d():
+    """The module (weight norm, trim of the even kernel's extra frame, GELU) against Conv1d."""
+    torch.manual_seed(0)
+    module = ConvPositionalEmbedding(48, 16, 4).double()
+    x = torch.randn(3, 25, 48, dtype=torch.double, requires_grad=True)
+    expected = torch.nn.functional.gelu(module.conv(x.transpose(1, 2))[..., :-1]).transpose(1, 2)
+    torch.testing.assert_close(module(x), expected, rtol=1e-12, atol=1e-12)
+    g = module.conv.parametrizations.weight.original0
+    expected_grad = torch.autograd.grad(expected.sum(), g)[0]
+    torch.testing.assert_close(torch.autograd.grad(module(x).sum(), g)[0], expected_grad, rtol=1e-10, atol=1e-10)
