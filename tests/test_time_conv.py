@@ -59,3 +59,30 @@ def test_positional_embedding_matches_weight_normed_conv1d():
     g = module.conv.parametrizations.weight.original0
     expected_grad = torch.autograd.grad(expected.sum(), g)[0]
     torch.testing.assert_close(torch.autograd.grad(module(x).sum(), g)[0], expected_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_frozen_kernel_is_reused_until_the_weights_change():
+    """Under no_grad (a frozen teacher) the weight-normed kernel is kept between forwards; a
+    changed weight (an optimizer step, load_state_dict) is seen at the next forward."""
+    torch.manual_seed(0)
+    module = ConvPositionalEmbedding(32, 8, 4)
+    x = torch.randn(2, 10, 32)
+    with torch.no_grad():
+        first = module.kernel()
+        assert module.kernel() is first
+        torch.testing.assert_close(first, module.conv.weight, rtol=0, atol=0)
+        before = module(x)
+        module.conv.parametrizations.weight.original1.mul_(2.0).add_(0.1)
+        assert module.kernel() is not first
+        expected = torch.nn.functional.gelu(module.conv(x.transpose(1, 2))[..., :-1]).transpose(1, 2)
+        torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(module(x), before)
+        module.load_state_dict(ConvPositionalEmbedding(32, 8, 4).state_dict())
+        torch.testing.assert_close(module.kernel(), module.conv.weight, rtol=0, atol=0)
+
+
+def test_training_forward_uses_the_live_weight():
+    module = ConvPositionalEmbedding(16, 4, 2)
+    with torch.no_grad():
+        module.kernel()
+    assert module.kernel().grad_fn is not None  # the weight norm, so the gradient reaches g and v

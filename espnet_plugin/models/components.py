@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from espnet_plugin.gates import HardConcreteGate
-from espnet_plugin.models.time_conv import grouped_time_conv
+from espnet_plugin.models.time_conv import channels_last_kernel, grouped_time_conv
 
 
 def gated_layer_norm(
@@ -179,11 +179,28 @@ class ConvPositionalEmbedding(nn.Module):
         conv = nn.Conv1d(embed_dim, embed_dim, kernel, padding=kernel // 2, groups=groups)
         self.conv = parametrizations.weight_norm(conv, name="weight", dim=2)
         self.trim = 1 if kernel % 2 == 0 else 0
+        self._frozen_kernel: Tuple[Optional[tuple], Optional[torch.Tensor]] = (None, None)
+
+    def kernel(self) -> torch.Tensor:
+        """The weight-normed kernel. Under ``no_grad`` on a CPU (a frozen teacher, evaluation)
+        it is computed once, in the layout the channels-last convolution reads, and reused
+        until the weights change: the weight norm and that copy cost about as much as the
+        convolution itself at Base size."""
+        weights = self.conv.parametrizations.weight
+        if torch.is_grad_enabled() or weights.original1.device.type != "cpu":
+            return self.conv.weight
+        originals = (weights.original0, weights.original1)
+        versions = tuple((p.data_ptr(), p._version) for p in originals)
+        cached, kernel = self._frozen_kernel
+        if cached is None or any(a is not b for a, b in zip(cached[0], originals)) or cached[1] != versions:
+            kernel = channels_last_kernel(self.conv.weight).squeeze(2)
+            self._frozen_kernel = ((originals, versions), kernel)
+        return kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, frames, dim) -> the positional term added to x."""
         conv = self.conv
-        y = grouped_time_conv(x, conv.weight, conv.bias, conv.padding[0], conv.groups)
+        y = grouped_time_conv(x, self.kernel(), conv.bias, conv.padding[0], conv.groups)
         if self.trim:
             y = y[:, :-self.trim]
         return F.gelu(y)

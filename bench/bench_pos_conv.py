@@ -1,0 +1,125 @@
+"""The positional convolution module: torch's Conv1d against the channels-last path of
+``espnet_plugin.models.time_conv`` (what ``ConvPositionalEmbedding`` runs on a CPU).
+
+    python bench/bench_pos_conv.py --output docs/benchmarks.md [--quick]
+
+HuBERT / wav2vec 2.0 Base's module (weight norm, 768 channels, 16 groups, kernel 128, GELU)
+on batches of 4 utterances of 1 s (49 frames, the speed benchmarks' batches) and 12 s (600
+frames, about a LibriSpeech utterance): the forward under ``no_grad`` (a frozen teacher) and
+forward + backward with gradients for the input and the weights (a student). Medians of
+interleaved repeats. Writes its own section of the benchmarks file (between
+``<!-- bench_pos_conv:start/end -->``).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import fp32_run_lines, markers, write_section  # noqa: E402
+from espnet_plugin.models.components import ConvPositionalEmbedding  # noqa: E402
+
+MARK = "bench_pos_conv"
+
+
+def conv1d_path(module: ConvPositionalEmbedding, x: torch.Tensor) -> torch.Tensor:
+    """The module's forward through torch's Conv1d (the weight norm computed at every call)."""
+    y = module.conv(x.transpose(1, 2))
+    return F.gelu(y[..., :-module.trim] if module.trim else y).transpose(1, 2)
+
+
+def ours_path(module: ConvPositionalEmbedding, x: torch.Tensor) -> torch.Tensor:
+    return module(x)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(module: ConvPositionalEmbedding, frames: int, repeats: int) -> Dict[str, float]:
+    """Median ms of each path, forward only and forward + backward, repeats interleaved."""
+    x = torch.randn(4, frames, module.conv.in_channels)
+    x_grad = x.clone().requires_grad_()
+    paths = {"Conv1d": conv1d_path, "ours": ours_path}
+    samples: Dict[str, List[float]] = {f"{name} {kind}": [] for name in paths for kind in ("fwd", "fwd+bwd")}
+
+    def forward(path) -> None:
+        with torch.no_grad():
+            path(module, x)
+
+    def train(path) -> None:
+        path(module, x_grad).sum().backward()
+
+    for i in range(repeats + 2):
+        for name, path in paths.items():
+            fwd, both = timed(lambda: forward(path)), timed(lambda: train(path))
+            if i >= 2:  # warm-up
+                samples[f"{name} fwd"].append(fwd)
+                samples[f"{name} fwd+bwd"].append(both)
+    return {key: 1000 * statistics.median(values) for key, values in samples.items()}
+
+
+def section(args: argparse.Namespace, results: Dict[int, Dict[str, float]], module: ConvPositionalEmbedding) -> str:
+    conv = module.conv
+    rows = []
+    for frames, r in results.items():
+        rows.append(
+            f"| {frames} | {r['Conv1d fwd']:.1f} | {r['ours fwd']:.1f} | {r['Conv1d fwd'] / r['ours fwd']:.2f}x "
+            f"| {r['Conv1d fwd+bwd']:.1f} | {r['ours fwd+bwd']:.1f} | {r['Conv1d fwd+bwd'] / r['ours fwd+bwd']:.2f}x |"
+        )
+    return "\n".join([
+        markers(MARK)[0],
+        "## The positional convolution: Conv1d against the channels-last path (`bench/bench_pos_conv.py`)",
+        "",
+        *fp32_run_lines(),
+        f"- command: `python bench/bench_pos_conv.py{' --quick' if args.quick else ''}`",
+        f"- module: `ConvPositionalEmbedding`, {conv.in_channels} channels, {conv.groups} groups, kernel "
+        f"{conv.kernel_size[0]}, weight norm, GELU; batch 4; median of {args.repeats} interleaved repeats; fwd: "
+        "under no_grad (a frozen teacher); fwd+bwd: gradients for the input and the weights (a student)",
+        "",
+        "| frames | Conv1d fwd ms | ours fwd ms | speed-up | Conv1d fwd+bwd ms | ours fwd+bwd ms | speed-up |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        markers(MARK)[1],
+    ])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a small convolution: checks the script, times nothing")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    channels, groups, kernel = (32, 4, 16) if args.quick else (768, 16, 128)
+    module = ConvPositionalEmbedding(channels, kernel, groups)
+    frame_counts = (49, 600)
+    if args.quick:
+        args.repeats = 2
+    results = {frames: measure(module, frames, args.repeats) for frames in frame_counts}
+    with torch.no_grad():  # the two paths agree before any time is reported
+        x = torch.randn(2, frame_counts[0], channels)
+        gap = (conv1d_path(module, x) - ours_path(module, x)).abs().max().item()
+    if gap > 1e-4:
+        raise RuntimeError(f"the channels-last path differs from Conv1d by {gap}")
+    text = section(args, results, module)
+    print(text)
+    if not args.quick:
+        write_section(args.output, MARK, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
