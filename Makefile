@@ -51,7 +51,7 @@ test: venv
 bench: venv
 	$(PY) bench/bench_encoder.py --output docs/benchmarks.md
 	$(PY) bench/bench_distill_step.py --output docs/benchmarks.md
-	$(PY) bench/bench_pos_conv.py --output docs/benchmarks.md
+	$(PY) bench/bench_conv_kernels.py --output docs/benchmarks.md
 
 clean-venv:
 	rm -rf $(VENV)

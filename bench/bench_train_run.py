@@ -1,7 +1,7 @@
 """A whole short stage-1 run through ``distill_prune_train`` (ESPnet's trainer, data loading,
 validation and checkpoints included): full size against shrinking + skipping + fused AdamW.
 
-    python bench/bench_train_run.py --output docs/benchmarks.md [--quick]
+    python bench/bench_train_run.py --output docs/benchmarks.md [--baseline DIR] [--quick]
 
 The run the issue measured the official code against (200 steps, batch 4 x 1 s, HuBERT Base
 teacher and gated student, conv channels + heads + FFN units, L1 + cosine on layers
@@ -9,18 +9,22 @@ teacher and gated student, conv channels + heads + FFN units, L1 + cosine on lay
 configs that differ only in the speed settings: the full-size run keeps torch's default AdamW
 as the official code does; ours sets ``model_conf.shrink_threshold`` / ``shrink_interval`` /
 ``skip_closed_units`` and ``optim_conf.fused``. Both runs get the same seed and batches.
-Writes its own section of the benchmarks file (between ``<!-- bench_train_run:start/end -->``).
+``--baseline DIR`` adds the full-size run of another checkout (e.g. ``git worktree add DIR
+<commit>``): the code before a speed change, whose whole run the official code's was measured
+against. Writes its own section of the benchmarks file (between
+``<!-- bench_train_run:start/end -->``).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import soundfile
 import torch
@@ -34,6 +38,7 @@ from espnet_plugin.models import SpeechEncoder, hubert_base_config, tiny_config 
 from espnet_plugin.utils.kaldi_data import write_scp, write_shape_file  # noqa: E402
 
 MARK = "bench_train_run"
+FULL, OURS_NAME = "full size", "shrinking + skipping + fused AdamW"
 OURS = {"shrink_threshold": 0.05, "shrink_interval": 10, "skip_closed_units": 0.5}
 
 
@@ -73,7 +78,8 @@ def config(args: argparse.Namespace, ours: bool) -> Dict[str, object]:
     }
 
 
-def train(root: Path, name: str, conf: Dict[str, object]) -> Dict[str, object]:
+def train(root: Path, name: str, conf: Dict[str, object], code: Optional[Path] = None) -> Dict[str, object]:
+    """One run through distill_prune_train; ``code``: a checkout whose ``espnet_plugin`` runs it."""
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(conf))
     command = [
@@ -85,7 +91,8 @@ def train(root: Path, name: str, conf: Dict[str, object]) -> Dict[str, object]:
         "--valid_shape_file", str(root / "valid" / "speech_shape"),
     ]
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=str(code)) if code is not None else None
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{name}: distill_prune_train failed:\n{done.stderr[-3000:]}")
@@ -110,7 +117,7 @@ def section(args: argparse.Namespace, results: Dict[str, Dict[str, object]], ful
     for name, r in results.items():
         params = r["params_left"] if r["params_left"] is not None else full_params
         rows.append(
-            f"| {name} | {r['seconds']:.0f} | {r['seconds'] / results['full size']['seconds']:.2f}x | "
+            f"| {name} | {r['seconds']:.0f} | {r['seconds'] / results[FULL]['seconds']:.2f}x | "
             f"{r['train_time']:.3f} | {params:.2f} | {r['sparsity']:.4f} | {r['distill']:.4f} | "
             f"{r['valid_distill']:.4f} |"
         )
@@ -120,13 +127,14 @@ def section(args: argparse.Namespace, results: Dict[str, Dict[str, object]], ful
         "## A whole stage-1 run through `distill_prune_train` (`bench/bench_train_run.py`)",
         "",
         *fp32_run_lines(),
-        f"- command: `python bench/bench_train_run.py --steps {args.steps} --epochs {args.epochs}`",
+        f"- command: `python bench/bench_train_run.py --steps {args.steps} --epochs {args.epochs}"
+        f"{' --baseline DIR' if args.baseline else ''}`",
         f"- run: ESPnet's trainer, {args.steps} steps ({args.epochs} epochs, a validation batch and a checkpoint "
         "after each), HuBERT Base teacher and gated student (conv channels, heads, FFN units), random weights, "
         f"L1 + cosine on layers 0/4/8/12, AdamW (lr 0.0002, gates {args.gate_lr}, multipliers {args.lambda_lr}, "
         "weight decay 0), gradient clipping 10, batch 4 x 1 s of noise, MAC sparsity target 0.75 ramped over "
         f"40 steps; ours: `model_conf` {options} and `optim_conf.fused: true`",
-        f"- mini-batch sizes (ESPnet's summary): {results['full size']['batches']}",
+        f"- mini-batch sizes (ESPnet's summary): {results[FULL]['batches']}",
         "",
         "| run | wall s (process) | vs full size | train s per step (ESPnet's train_time, last epoch) "
         "| student params at the end (M) | expected MAC sparsity, last epoch | distill loss, last epoch "
@@ -144,8 +152,15 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--gate_lr", type=float, default=0.2)
     parser.add_argument("--lambda_lr", type=float, default=0.05)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout of an earlier commit: its full-size run is added as a row")
     parser.add_argument("--quick", action="store_true", help="a tiny teacher: checks the script, times nothing")
     args = parser.parse_args()
+    runs = [(FULL, False, None), (OURS_NAME, True, None)]
+    if args.baseline is not None:
+        commit = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        runs.insert(0, (f"full size, code of {commit}", False, args.baseline.resolve()))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_data(root / "train", 32, seed=0)
@@ -154,9 +169,9 @@ def main() -> int:
         teacher = SpeechEncoder(tiny_config(num_layers=2) if args.quick else hubert_base_config())
         save_model(teacher, root / "teacher", {"source": "random weights (bench_train_run)"})
         results = {}
-        for name, ours in (("full size", False), ("shrinking + skipping + fused AdamW", True)):
+        for i, (name, ours, code) in enumerate(runs):
             print(name, flush=True)
-            results[name] = train(root, name.split()[0], config(args, ours))
+            results[name] = train(root, f"run{i}", config(args, ours), code)
             print(results[name], flush=True)
         text = section(args, results, teacher.num_params() / 1e6)
     print(text)

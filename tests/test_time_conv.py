@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from espnet_plugin.models.components import ConvPositionalEmbedding
-from espnet_plugin.models.time_conv import grouped_time_conv
+from espnet_plugin.models.time_conv import grouped_time_conv, strided_time_conv
 
 SHAPES = [  # batch, frames, channels, kernel, groups
     (4, 49, 96, 128, 16),  # fewer frames than the kernel (1 s of audio at Base size, scaled down)
@@ -86,3 +86,34 @@ def test_training_forward_uses_the_live_weight():
     with torch.no_grad():
         module.kernel()
     assert module.kernel().grad_fn is not None  # the weight norm, so the gradient reaches g and v
+
+
+@pytest.mark.parametrize("in_channels,kernel,stride,bias,input_grad", [
+    (1, 10, 5, False, False),  # the waveform's first layer
+    (6, 3, 2, False, True),
+    (5, 2, 2, True, True),
+])
+def test_strided_conv_equals_conv1d(in_channels, kernel, stride, bias, input_grad):
+    torch.manual_seed(0)
+    x = torch.randn(3, in_channels, 101, dtype=torch.double, requires_grad=input_grad)
+    weight = torch.randn(7, in_channels, kernel, dtype=torch.double, requires_grad=True)
+    b = torch.randn(7, dtype=torch.double, requires_grad=True) if bias else None
+    inputs = [t for t in (x, weight, b) if t is not None and t.requires_grad]
+    expected = torch.nn.functional.conv1d(x, weight, b, stride=stride)
+    out_grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, inputs, out_grad)
+    y = strided_time_conv(x, weight, b, stride)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(y, inputs, out_grad), expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_strided_conv_float32_gradients_match_onednn():
+    """In float32 the forward is oneDNN's and the backward torch's: agreement up to rounding."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(32, 32, 3, stride=2, bias=False)
+    x = torch.randn(2, 32, 400, requires_grad=True)
+    expected = torch.autograd.grad(conv(x).square().sum(), [x, conv.weight])
+    got = torch.autograd.grad(strided_time_conv(x, conv.weight, None, 2).square().sum(), [x, conv.weight])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from espnet_plugin.gates import HardConcreteGate
-from espnet_plugin.models.time_conv import channels_last_kernel, grouped_time_conv
+from espnet_plugin.models.time_conv import channels_last_kernel, grouped_time_conv, strided_time_conv
 
 
 def gated_layer_norm(
@@ -104,7 +104,7 @@ class ConvLayer(nn.Module):
             if input_units is not None:
                 weight, input_gate = weight.index_select(1, input_units), input_gate.index_select(0, input_units)
             weight = weight * input_gate[:, None]
-        x = F.conv1d(x, weight, bias, stride=self.stride)
+        x = strided_time_conv(x, weight, bias, self.stride)
         if isinstance(self.norm, nn.LayerNorm):
             x = gated_layer_norm(x.transpose(1, 2), self.norm, z, units).transpose(1, 2)
         elif self.norm is not None and units is not None:  # the GroupNorm normalises each channel alone

@@ -1,15 +1,16 @@
-"""Grouped convolution over time on (batch, frames, channels) tensors: the positional
-convolution's fast path on CPUs.
+"""Convolutions over time with faster CPU kernels than torch's defaults, same results up to
+float rounding (``python bench/bench_conv_kernels.py``, docs/benchmarks.md). On other devices
+both are torch's ``Conv1d``.
 
-wav2vec 2.0 / HuBERT / WavLM add a grouped convolution over time (768 channels in 16 groups,
-kernel 128 at Base size) to the transformer's input. On a CPU, torch's ``Conv1d`` runs it at
-about a third of the machine's peak and its weight gradient slower still. The same convolution
-written as a 2-d one on channels-last tensors reads the hidden states where they lie (no
-transposed copy) and runs about twice as fast; its backward pass here is two more forward
-convolutions: the input gradient is the transposed convolution, and the weight gradient is a
-convolution with the roles swapped (input channels as the batch, the batch as the channels).
-``python bench/bench_pos_conv.py`` measures the module both ways (docs/benchmarks.md): 2.2x on
-12 s utterances, 1.25-1.6x on 1 s ones. Results equal ``Conv1d``'s up to float rounding.
+- :func:`grouped_time_conv`: wav2vec 2.0 / HuBERT / WavLM's positional convolution (768
+  channels in 16 groups, kernel 128 at Base size) on (batch, frames, channels) tensors. torch's
+  ``Conv1d`` runs it at about a third of a CPU's peak and its weight gradient slower still;
+  written as a 2-d convolution on channels-last tensors it reads the hidden states where they
+  lie and runs about twice as fast. Its backward pass is two more forward convolutions: the
+  input gradient is the transposed convolution, the weight gradient a convolution with the
+  roles swapped (input channels as the batch, the batch as the channels).
+- :func:`strided_time_conv`: the waveform CNN's strided convolutions. oneDNN's forward is
+  fast, its backward is not: torch's own im2col + GEMM backward takes ~0.6x of its time there.
 """
 from __future__ import annotations
 
@@ -88,3 +89,38 @@ def _weight_grad(x4: torch.Tensor, grad: torch.Tensor, padding: int, groups: int
     # one 2-d transpose to (out, in / groups, kernel): torch copies a permuted 4-d view 5x slower
     matrix = out.permute(0, 2, 3, 1).reshape(per_in * kernel, out_channels)
     return matrix.t().contiguous().view(out_channels, per_in, 1, kernel)
+
+
+def strided_time_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int) -> torch.Tensor:
+    """``F.conv1d(x, weight, bias, stride)`` without padding, x: (batch, channels, samples);
+    on a CPU its gradients come from torch's im2col + GEMM kernel."""
+    if x.device.type != "cpu" or not torch.is_grad_enabled() or not (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return F.conv1d(x, weight, bias, stride=stride)
+    return _StridedTimeConv.apply(x, weight, bias, stride)
+
+
+class _StridedTimeConv(torch.autograd.Function):
+    """oneDNN's forward, torch's im2col + GEMM backward (``_slow_conv2d_backward``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.has_bias = stride, bias is not None
+        return F.conv1d(x, weight, bias, stride=stride)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        x, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        grad_x, grad_weight, grad_bias = torch.ops.aten._slow_conv2d_backward(
+            grad.unsqueeze(2).contiguous(), x.unsqueeze(2), weight.unsqueeze(2),
+            [1, weight.shape[2]], [1, ctx.stride], [0, 0], mask,
+        )
+        return (
+            None if grad_x is None else grad_x.squeeze(2),
+            None if grad_weight is None else grad_weight.squeeze(2),
+            grad_bias,
+            None,
+        )

@@ -1,14 +1,17 @@
-"""The positional convolution module: torch's Conv1d against the channels-last path of
-``espnet_plugin.models.time_conv`` (what ``ConvPositionalEmbedding`` runs on a CPU).
+"""The convolutions of ``espnet_plugin.models.time_conv`` against torch's Conv1d on a CPU.
 
-    python bench/bench_pos_conv.py --output docs/benchmarks.md [--quick]
+    python bench/bench_conv_kernels.py --output docs/benchmarks.md [--quick]
 
-HuBERT / wav2vec 2.0 Base's module (weight norm, 768 channels, 16 groups, kernel 128, GELU)
-on batches of 4 utterances of 1 s (49 frames, the speed benchmarks' batches) and 12 s (600
-frames, about a LibriSpeech utterance): the forward under ``no_grad`` (a frozen teacher) and
-forward + backward with gradients for the input and the weights (a student). Medians of
-interleaved repeats. Writes its own section of the benchmarks file (between
-``<!-- bench_pos_conv:start/end -->``).
+- The positional convolution module (HuBERT / wav2vec 2.0 Base: weight norm, 768 channels, 16
+  groups, kernel 128, GELU) on batches of 4 utterances of 1 s (49 frames, the speed
+  benchmarks' batches) and 12 s (600 frames, about a LibriSpeech utterance): the forward under
+  ``no_grad`` (a frozen teacher) and forward + backward with gradients for the input and the
+  weights (a student).
+- The waveform CNN (7 strided layers, GroupNorm after the first, GELU) on 4 x 1 s of audio,
+  forward + backward, at full width (512 channels) and at 30 % (154, a pruned student).
+
+Medians of interleaved repeats. Writes its own section of the benchmarks file (between
+``<!-- bench_conv_kernels:start/end -->``).
 """
 from __future__ import annotations
 
@@ -25,9 +28,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import fp32_run_lines, markers, write_section  # noqa: E402
-from espnet_plugin.models.components import ConvPositionalEmbedding  # noqa: E402
+from espnet_plugin.models.components import ConvPositionalEmbedding, FeatureExtractor  # noqa: E402
+from espnet_plugin.models import components  # noqa: E402
 
-MARK = "bench_pos_conv"
+MARK = "bench_conv_kernels"
+HUBERT_CNN = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2  # (kernel, stride) per layer
 
 
 def conv1d_path(module: ConvPositionalEmbedding, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +74,30 @@ def measure(module: ConvPositionalEmbedding, frames: int, repeats: int) -> Dict[
     return {key: 1000 * statistics.median(values) for key, values in samples.items()}
 
 
-def section(args: argparse.Namespace, results: Dict[int, Dict[str, float]], module: ConvPositionalEmbedding) -> str:
+def measure_cnn(channels: int, layers, repeats: int) -> Dict[str, float]:
+    """Median ms of the waveform CNN's forward + backward, Conv1d's backward against ours."""
+    cnn = FeatureExtractor([[channels, k, s] for k, s in layers], "group_norm", False, False, 0.0)
+    wavs = torch.randn(4, 16000)
+    ours = components.strided_time_conv
+
+    def conv1d(x, weight, bias, stride):
+        return F.conv1d(x, weight, bias, stride=stride)
+
+    samples: Dict[str, List[float]] = {"Conv1d": [], "ours": []}
+    try:
+        for i in range(repeats + 2):
+            for name, fn in (("Conv1d", conv1d), ("ours", ours)):
+                components.strided_time_conv = fn
+                seconds = timed(lambda: cnn(wavs)[0].sum().backward())
+                if i >= 2:
+                    samples[name].append(seconds)
+    finally:
+        components.strided_time_conv = ours
+    return {name: 1000 * statistics.median(values) for name, values in samples.items()}
+
+
+def section(args: argparse.Namespace, results: Dict[int, Dict[str, float]], module: ConvPositionalEmbedding,
+            cnn: Dict[int, Dict[str, float]]) -> str:
     conv = module.conv
     rows = []
     for frames, r in results.items():
@@ -79,17 +107,26 @@ def section(args: argparse.Namespace, results: Dict[int, Dict[str, float]], modu
         )
     return "\n".join([
         markers(MARK)[0],
-        "## The positional convolution: Conv1d against the channels-last path (`bench/bench_pos_conv.py`)",
+        "## Convolution kernels on a CPU: torch's Conv1d against ours (`bench/bench_conv_kernels.py`)",
         "",
         *fp32_run_lines(),
-        f"- command: `python bench/bench_pos_conv.py{' --quick' if args.quick else ''}`",
+        f"- command: `python bench/bench_conv_kernels.py{' --quick' if args.quick else ''}`",
         f"- module: `ConvPositionalEmbedding`, {conv.in_channels} channels, {conv.groups} groups, kernel "
         f"{conv.kernel_size[0]}, weight norm, GELU; batch 4; median of {args.repeats} interleaved repeats; fwd: "
         "under no_grad (a frozen teacher); fwd+bwd: gradients for the input and the weights (a student)",
         "",
+        "",
+        "### The positional convolution (channels-last, gradients as convolutions)",
+        "",
         "| frames | Conv1d fwd ms | ours fwd ms | speed-up | Conv1d fwd+bwd ms | ours fwd+bwd ms | speed-up |",
         "|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
+        "",
+        "### The waveform CNN, forward + backward of 4 x 1 s (oneDNN forward; backward oneDNN's or im2col + GEMM)",
+        "",
+        "| channels | Conv1d ms | ours ms | speed-up |",
+        "|---:|---:|---:|---:|",
+        *[f"| {c} | {r['Conv1d']:.1f} | {r['ours']:.1f} | {r['Conv1d'] / r['ours']:.2f}x |" for c, r in cnn.items()],
         markers(MARK)[1],
     ])
 
@@ -114,7 +151,10 @@ def main() -> int:
         gap = (conv1d_path(module, x) - ours_path(module, x)).abs().max().item()
     if gap > 1e-4:
         raise RuntimeError(f"the channels-last path differs from Conv1d by {gap}")
-    text = section(args, results, module)
+    widths = (32, 10) if args.quick else (512, 154)
+    layers = HUBERT_CNN[:3] if args.quick else HUBERT_CNN
+    cnn = {channels: measure_cnn(channels, layers, args.repeats) for channels in widths}
+    text = section(args, results, module, cnn)
     print(text)
     if not args.quick:
         write_section(args.output, MARK, text)
