@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,35 +113,43 @@ def train(root: Path, name: str, conf: Dict[str, object], code: Optional[Path] =
     }
 
 
-def section(args: argparse.Namespace, results: Dict[str, Dict[str, object]], full_params: float) -> str:
+def section(args: argparse.Namespace, results: Dict[str, Dict[str, object]], references: Dict[str, str],
+            full_params: float) -> str:
+    """``references``: the run each run's time is divided by."""
     rows: List[str] = []
     for name, r in results.items():
         params = r["params_left"] if r["params_left"] is not None else full_params
         rows.append(
-            f"| {name} | {r['seconds']:.0f} | {r['seconds'] / results[FULL]['seconds']:.2f}x | "
+            f"| {name} | {r['seconds']:.0f} | {r['seconds'] / results[references[name]]['seconds']:.2f}x | "
             f"{r['train_time']:.3f} | {params:.2f} | {r['sparsity']:.4f} | {r['distill']:.4f} | "
             f"{r['valid_distill']:.4f} |"
         )
     options = " ".join(f"{k}: {v}" for k, v in OURS.items())
+    ratios = [results[name]["seconds"] / results[ref]["seconds"] for name, ref in references.items() if name != ref]
+    summary = []
+    if args.pairs > 1:
+        summary = ["", f"Ours / the baseline, pair by pair: {', '.join(f'{r:.3f}' for r in ratios)}; "
+                       f"median **{statistics.median(ratios):.3f}**."]
     return "\n".join([
         markers(MARK)[0],
         "## A whole stage-1 run through `distill_prune_train` (`bench/bench_train_run.py`)",
         "",
         *fp32_run_lines(),
         f"- command: `python bench/bench_train_run.py --steps {args.steps} --epochs {args.epochs}"
-        f"{' --baseline DIR' if args.baseline else ''}`",
+        f"{' --baseline DIR' if args.baseline else ''}{f' --pairs {args.pairs}' if args.pairs > 1 else ''}`",
         f"- run: ESPnet's trainer, {args.steps} steps ({args.epochs} epochs, a validation batch and a checkpoint "
         "after each), HuBERT Base teacher and gated student (conv channels, heads, FFN units), random weights, "
         f"L1 + cosine on layers 0/4/8/12, AdamW (lr 0.0002, gates {args.gate_lr}, multipliers {args.lambda_lr}, "
         "weight decay 0), gradient clipping 10, batch 4 x 1 s of noise, MAC sparsity target 0.75 ramped over "
         f"40 steps; ours: `model_conf` {options} and `optim_conf.fused: true`",
-        f"- mini-batch sizes (ESPnet's summary): {results[FULL]['batches']}",
+        f"- mini-batch sizes (ESPnet's summary): {next(iter(results.values()))['batches']}",
         "",
-        "| run | wall s (process) | vs full size | train s per step (ESPnet's train_time, last epoch) "
+        "| run | wall s (process) | vs reference | train s per step (ESPnet's train_time, last epoch) "
         "| student params at the end (M) | expected MAC sparsity, last epoch | distill loss, last epoch "
         "| valid distill loss |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
+        *summary,
         markers(MARK)[1],
     ])
 
@@ -154,13 +163,24 @@ def main() -> int:
     parser.add_argument("--lambda_lr", type=float, default=0.05)
     parser.add_argument("--baseline", type=Path, default=None,
                         help="a checkout of an earlier commit: its full-size run is added as a row")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="with --baseline: N alternating baseline / ours pairs instead of the three runs "
+                             "(a machine whose speed drifts over minutes compares fairly only pair by pair)")
     parser.add_argument("--quick", action="store_true", help="a tiny teacher: checks the script, times nothing")
     args = parser.parse_args()
-    runs = [(FULL, False, None), (OURS_NAME, True, None)]
+    if args.pairs > 1 and args.baseline is None:
+        parser.error("--pairs needs --baseline")
+    runs = [(FULL, False, None, FULL), (OURS_NAME, True, None, FULL)]  # name, ours?, code, reference
     if args.baseline is not None:
         commit = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, check=True).stdout.strip()
-        runs.insert(0, (f"full size, code of {commit}", False, args.baseline.resolve()))
+        base = f"full size, code of {commit}"
+        runs.insert(0, (base, False, args.baseline.resolve(), FULL))
+        if args.pairs > 1:
+            runs = []
+            for k in range(1, args.pairs + 1):
+                runs += [(f"{base} #{k}", False, args.baseline.resolve(), f"{base} #{k}"),
+                         (f"{OURS_NAME} #{k}", True, None, f"{base} #{k}")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_data(root / "train", 32, seed=0)
@@ -169,11 +189,11 @@ def main() -> int:
         teacher = SpeechEncoder(tiny_config(num_layers=2) if args.quick else hubert_base_config())
         save_model(teacher, root / "teacher", {"source": "random weights (bench_train_run)"})
         results = {}
-        for i, (name, ours, code) in enumerate(runs):
+        for i, (name, ours, code, _) in enumerate(runs):
             print(name, flush=True)
             results[name] = train(root, f"run{i}", config(args, ours), code)
             print(results[name], flush=True)
-        text = section(args, results, teacher.num_params() / 1e6)
+        text = section(args, results, {name: ref for name, _, _, ref in runs}, teacher.num_params() / 1e6)
     print(text)
     if not args.quick:
         write_section(args.output, MARK, text)
