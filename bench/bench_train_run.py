@@ -174,13 +174,13 @@ def main() -> int:
     if args.baseline is not None:
         commit = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, check=True).stdout.strip()
-        base = f"full size, code of {commit}"
-        runs.insert(0, (base, False, args.baseline.resolve(), FULL))
+        base, code = f"full size, code of {commit}", args.baseline.resolve()
         if args.pairs > 1:
-            runs = []
-            for k in range(1, args.pairs + 1):
-                runs += [(f"{base} #{k}", False, args.baseline.resolve(), f"{base} #{k}"),
-                         (f"{OURS_NAME} #{k}", True, None, f"{base} #{k}")]
+            runs = [run for k in range(1, args.pairs + 1)
+                    for run in ((f"{base} #{k}", False, code, f"{base} #{k}"),
+                                (f"{OURS_NAME} #{k}", True, None, f"{base} #{k}"))]
+        else:
+            runs.insert(0, (base, False, code, FULL))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_data(root / "train", 32, seed=0)

@@ -33,11 +33,16 @@ def grouped_time_conv(
         return F.conv1d(x.transpose(1, 2), weight, bias, padding=padding, groups=groups).transpose(1, 2)
     x4 = x.transpose(1, 2).unsqueeze(2)  # (batch, channels, 1, frames): channels-last, no copy
     weight4 = channels_last_kernel(weight)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+    if _records_gradients(x, weight, bias):
         y = _GroupedTimeConv.apply(x4, weight4, bias, padding, groups)
     else:
         y = F.conv2d(x4, weight4, bias, padding=(0, padding), groups=groups)
     return y.squeeze(2).transpose(1, 2)
+
+
+def _records_gradients(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd records this call: the custom backward is needed only then."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def channels_last_kernel(weight: torch.Tensor) -> torch.Tensor:
@@ -94,9 +99,7 @@ def _weight_grad(x4: torch.Tensor, grad: torch.Tensor, padding: int, groups: int
 def strided_time_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int) -> torch.Tensor:
     """``F.conv1d(x, weight, bias, stride)`` without padding, x: (batch, channels, samples);
     on a CPU its gradients come from torch's im2col + GEMM kernel."""
-    if x.device.type != "cpu" or not torch.is_grad_enabled() or not (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    ):
+    if x.device.type != "cpu" or not _records_gradients(x, weight, bias):
         return F.conv1d(x, weight, bias, stride=stride)
     return _StridedTimeConv.apply(x, weight, bias, stride)
 
