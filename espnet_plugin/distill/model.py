@@ -79,7 +79,7 @@ class DistillPruneModel(AbsESPnetModel):
         if sparsity_metric not in SPARSITY_METRICS:
             raise ValueError(f"sparsity_metric must be one of {SPARSITY_METRICS}, got {sparsity_metric!r}")
         self.student = student
-        self._teacher = [teacher.eval().requires_grad_(False)]  # a list hides it from the module tree
+        self._teacher = [teacher.freeze()]  # a list hides it from the module tree
         specs = distill_losses or [{"name": "layer_to_layer"}]
         self.distill_loss = build_distill_loss(specs, student.config.embed_dim, teacher.config.embed_dim)
         self.sparsity_metric = sparsity_metric

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from espnet_plugin.gates import HardConcreteGate
+from espnet_plugin.models.packed_linear import linear
 from espnet_plugin.models.time_conv import channels_last_kernel, grouped_time_conv, strided_time_conv
 
 
@@ -167,7 +168,9 @@ class FeatureProjection(nn.Module):
     ) -> torch.Tensor:
         """``channels``: the conv channels ``x`` holds (None: all)."""
         x = gated_layer_norm(x, self.layer_norm, channel_gate, channels)
-        weight = self.projection.weight if channels is None else self.projection.weight.index_select(1, channels)
+        if channels is None:
+            return self.dropout(linear(x, self.projection))
+        weight = self.projection.weight.index_select(1, channels)
         return self.dropout(F.linear(x, weight, self.projection.bias))
 
 
@@ -287,7 +290,7 @@ class SelfAttention(nn.Module):
         projections = (self.q_proj, self.k_proj, self.v_proj)
         out_weight, num_heads = self.out_proj.weight, self.num_heads
         if heads is None:
-            q, k, v = (proj(x) for proj in projections)
+            q, k, v = (linear(x, proj) for proj in projections)
         else:  # only the heads sampled open: their rows of q / k / v, their columns of out_proj
             rows = head_rows(heads, self.head_dim)
             q, k, v = (F.linear(x, proj.weight.index_select(0, rows), proj.bias.index_select(0, rows))
@@ -303,7 +306,8 @@ class SelfAttention(nn.Module):
         )
         if z is not None:
             y = y * z.view(-1, 1, 1)  # (batch, heads, frames, head_dim)
-        return F.linear(y.transpose(1, 2).reshape(b, t, num_heads * self.head_dim), out_weight, self.out_proj.bias)
+        y = y.transpose(1, 2).reshape(b, t, num_heads * self.head_dim)
+        return linear(y, self.out_proj) if heads is None else F.linear(y, out_weight, self.out_proj.bias)
 
 
 class FeedForward(nn.Module):
@@ -335,14 +339,16 @@ class FeedForward(nn.Module):
         units = open_units(self.gate)
         out_weight = self.output.weight
         if units is None:
-            h = self.intermediate(x)
+            h = linear(x, self.intermediate, gelu=True)
         else:  # only the units sampled open
-            h = F.linear(x, self.intermediate.weight.index_select(0, units),
-                         self.intermediate.bias.index_select(0, units))
+            h = F.gelu(F.linear(x, self.intermediate.weight.index_select(0, units),
+                                self.intermediate.bias.index_select(0, units)))
             z, out_weight = z.index_select(0, units), out_weight.index_select(1, units)
-        h = self.activation_dropout(F.gelu(h))
+        h = self.activation_dropout(h)
         if z is not None:
             h = h * z
+        if units is None:
+            return self.dropout(linear(h, self.output))
         return self.dropout(F.linear(h, out_weight, self.output.bias))
 
 
