@@ -8,7 +8,8 @@
   ``no_grad`` (a frozen teacher) and forward + backward with gradients for the input and the
   weights (a student).
 - The waveform CNN (7 strided layers, GroupNorm after the first, GELU) on 4 x 1 s of audio,
-  forward + backward, at full width (512 channels) and at 30 % (154, a pruned student).
+  forward + backward, at full width (512 channels) and at 30 % (154, a pruned student), with
+  oneDNN's backward and with torch's im2col + GEMM backward (used on Intel CPUs).
 
 Medians of interleaved repeats. Writes its own section of the benchmarks file (between
 ``<!-- bench_conv_kernels:start/end -->``).
@@ -16,6 +17,7 @@ Medians of interleaved repeats. Writes its own section of the benchmarks file (b
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import fp32_run_lines, markers, write_section  # noqa: E402
 from espnet_plugin.models.components import ConvPositionalEmbedding, FeatureExtractor  # noqa: E402
 from espnet_plugin.models import components  # noqa: E402
+from espnet_plugin.models.time_conv import IM2COL_BACKWARD  # noqa: E402
 
 MARK = "bench_conv_kernels"
 HUBERT_CNN = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2  # (kernel, stride) per layer
@@ -75,24 +78,22 @@ def measure(module: ConvPositionalEmbedding, frames: int, repeats: int) -> Dict[
 
 
 def measure_cnn(channels: int, layers, repeats: int) -> Dict[str, float]:
-    """Median ms of the waveform CNN's forward + backward, Conv1d's backward against ours."""
+    """Median ms of the waveform CNN's forward + backward, oneDNN's backward against im2col + GEMM."""
     cnn = FeatureExtractor([[channels, k, s] for k, s in layers], "group_norm", False, False, 0.0)
     wavs = torch.randn(4, 16000)
-    ours = components.strided_time_conv
-
-    def conv1d(x, weight, bias, stride):
-        return F.conv1d(x, weight, bias, stride=stride)
-
-    samples: Dict[str, List[float]] = {"Conv1d": [], "ours": []}
+    default = components.strided_time_conv
+    kernels = {name: functools.partial(default, im2col_backward=im2col)
+               for name, im2col in (("oneDNN", False), ("im2col", True))}
+    samples: Dict[str, List[float]] = {name: [] for name in kernels}
     try:
         for i in range(repeats + 2):
-            for name, fn in (("Conv1d", conv1d), ("ours", ours)):
+            for name, fn in kernels.items():
                 components.strided_time_conv = fn
                 seconds = timed(lambda: cnn(wavs)[0].sum().backward())
                 if i >= 2:
                     samples[name].append(seconds)
     finally:
-        components.strided_time_conv = ours
+        components.strided_time_conv = default
     return {name: 1000 * statistics.median(values) for name, values in samples.items()}
 
 
@@ -124,9 +125,12 @@ def section(args: argparse.Namespace, results: Dict[int, Dict[str, float]], modu
         "",
         "### The waveform CNN, forward + backward of 4 x 1 s (oneDNN forward; backward oneDNN's or im2col + GEMM)",
         "",
-        "| channels | Conv1d ms | ours ms | speed-up |",
+        f"This machine's CPU is {'' if IM2COL_BACKWARD else 'not '}Intel's: `strided_time_conv` uses "
+        f"{'im2col + GEMM' if IM2COL_BACKWARD else 'oneDNN'} for the backward here.",
+        "",
+        "| channels | oneDNN backward ms | im2col + GEMM backward ms | speed-up of im2col + GEMM |",
         "|---:|---:|---:|---:|",
-        *[f"| {c} | {r['Conv1d']:.1f} | {r['ours']:.1f} | {r['Conv1d'] / r['ours']:.2f}x |" for c, r in cnn.items()],
+        *[f"| {c} | {r['oneDNN']:.1f} | {r['im2col']:.1f} | {r['oneDNN'] / r['im2col']:.2f}x |" for c, r in cnn.items()],
         markers(MARK)[1],
     ])
 

@@ -102,7 +102,7 @@ def test_strided_conv_equals_conv1d(in_channels, kernel, stride, bias, input_gra
     expected = torch.nn.functional.conv1d(x, weight, b, stride=stride)
     out_grad = torch.randn_like(expected)
     expected_grads = torch.autograd.grad(expected, inputs, out_grad)
-    y = strided_time_conv(x, weight, b, stride)
+    y = strided_time_conv(x, weight, b, stride, im2col_backward=True)
     torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(torch.autograd.grad(y, inputs, out_grad), expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -114,6 +114,14 @@ def test_strided_conv_float32_gradients_match_onednn():
     conv = torch.nn.Conv1d(32, 32, 3, stride=2, bias=False)
     x = torch.randn(2, 32, 400, requires_grad=True)
     expected = torch.autograd.grad(conv(x).square().sum(), [x, conv.weight])
-    got = torch.autograd.grad(strided_time_conv(x, conv.weight, None, 2).square().sum(), [x, conv.weight])
+    y = strided_time_conv(x, conv.weight, None, 2, im2col_backward=True)
+    got = torch.autograd.grad(y.square().sum(), [x, conv.weight])
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_conv_backward_kernel_follows_the_switch():
+    x = torch.randn(2, 4, 50, requires_grad=True)
+    weight = torch.randn(6, 4, 3, requires_grad=True)
+    assert "StridedTimeConv" in strided_time_conv(x, weight, None, 2, im2col_backward=True).grad_fn.name()
+    assert strided_time_conv(x, weight, None, 2, im2col_backward=False).grad_fn.name() == "ConvolutionBackward0"

@@ -10,7 +10,10 @@ both are torch's ``Conv1d``.
   input gradient is the transposed convolution, the weight gradient a convolution with the
   roles swapped (input channels as the batch, the batch as the channels).
 - :func:`strided_time_conv`: the waveform CNN's strided convolutions. oneDNN's forward is
-  fast, its backward is not: torch's own im2col + GEMM backward takes ~0.6x of its time there.
+  fast; on Intel CPUs its backward is not, and torch's own im2col + GEMM backward takes ~0.6x
+  of its time there. That backward runs its GEMMs in MKL, which is slower than oneDNN on AMD
+  CPUs (measured on an AMD EPYC: the CNN's forward + backward 0.94x), so elsewhere the whole
+  convolution stays oneDNN's.
 """
 from __future__ import annotations
 
@@ -19,7 +22,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from espnet_plugin.utils.machine import is_intel_cpu
+
 CHANNELS_LAST = torch.channels_last
+IM2COL_BACKWARD = is_intel_cpu()  # see strided_time_conv
 
 
 def grouped_time_conv(
@@ -96,10 +102,14 @@ def _weight_grad(x4: torch.Tensor, grad: torch.Tensor, padding: int, groups: int
     return matrix.t().contiguous().view(out_channels, per_in, 1, kernel)
 
 
-def strided_time_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int) -> torch.Tensor:
+def strided_time_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,
+    im2col_backward: bool = IM2COL_BACKWARD,
+) -> torch.Tensor:
     """``F.conv1d(x, weight, bias, stride)`` without padding, x: (batch, channels, samples);
-    on a CPU its gradients come from torch's im2col + GEMM kernel."""
-    if x.device.type != "cpu" or not _records_gradients(x, weight, bias):
+    with ``im2col_backward`` (default: on Intel CPUs) its gradients on a CPU come from torch's
+    im2col + GEMM kernel."""
+    if not im2col_backward or x.device.type != "cpu" or not _records_gradients(x, weight, bias):
         return F.conv1d(x, weight, bias, stride=stride)
     return _StridedTimeConv.apply(x, weight, bias, stride)
 

@@ -24,3 +24,9 @@ def has_bf16_units() -> bool:
     and bf16 timings say nothing about a machine that has them."""
     flags = _cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def is_intel_cpu() -> bool:
+    """Whether the CPU is Intel's: MKL's GEMM (torch's CPU matmul) is faster than oneDNN's there
+    and slower on AMD CPUs (docs/benchmarks.md, the bench_conv_kernels section)."""
+    return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in _cpuinfo().splitlines())
