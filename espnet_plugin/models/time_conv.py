@@ -12,7 +12,7 @@ both are torch's ``Conv1d``.
 - :func:`strided_time_conv`: the waveform CNN's strided convolutions. oneDNN's forward is
   fast; on Intel CPUs its backward is not, and torch's own im2col + GEMM backward takes ~0.6x
   of its time there. That backward runs its GEMMs in MKL, which is slower than oneDNN on AMD
-  CPUs (measured on an AMD EPYC: the CNN's forward + backward 0.94x), so elsewhere the whole
+  CPUs (measured on an AMD EPYC: the CNN's forward + backward 0.95x), so elsewhere the whole
   convolution stays oneDNN's.
 """
 from __future__ import annotations
