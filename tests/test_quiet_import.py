@@ -14,6 +14,9 @@ assert g2p_en.G2p.__module__ == "g2p_en.g2p" and "g2p_en.g2p" in sys.modules
 assert sys.modules["g2p_en"].G2p is g2p_en.G2p
 from g2p_en import G2p
 assert G2p is g2p_en.G2p
+loaded = sys.modules["g2p_en"]
+assert not hasattr(g2p_en, "no_such_name")  # a missing name through the stand-in: no second import
+assert sys.modules["g2p_en"] is loaded
 print("ok")
 """
 

@@ -4,10 +4,11 @@
   flash-attention installed). ``--print_config > config.yaml`` would then not be valid YAML.
   ``AbsTask.print_config`` binds ``sys.stdout`` as a default argument at import time, so the
   redirect must cover only that one import, not the task modules.
-- ESPnet's task modules import ``g2p_en`` (and with it ``inflect`` and ``nltk``, which also
-  tries to download its data) for the English phoneme tokenizer: about 3 s of every start on a
-  2-core machine, for a tokenizer only a recipe with ``g2p: g2p_en`` builds. A stand-in takes
-  its place and imports it on first use, so nothing changes for a recipe that uses it.
+- ESPnet's task modules import ``g2p_en`` (and with it ``nltk``, which also tries to download
+  its data) for the English phoneme tokenizer: about 1 s of every start on a 2-core machine,
+  for a tokenizer only a recipe with ``g2p: g2p_en`` builds. A stand-in takes its place and
+  imports it on first use, so nothing changes for a recipe that uses it. (``inflect``, another
+  2 s, stays: ESPnet's text cleaner calls it at import time.)
 """
 import contextlib
 import importlib
@@ -27,8 +28,9 @@ class _DeferredModule(types.ModuleType):
     def __getattr__(self, attribute: str):
         if attribute.startswith("__") and attribute.endswith("__"):
             raise AttributeError(attribute)
-        del sys.modules[self.__name__]
-        module = importlib.import_module(self.__name__)
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        module = importlib.import_module(self.__name__)  # once: later calls find it in sys.modules
         self.__dict__.update(module.__dict__)  # later lookups through this object skip __getattr__
         return getattr(module, attribute)
 
