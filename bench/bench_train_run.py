@@ -17,6 +17,7 @@ against. Writes its own section of the benchmarks file (between
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import re
 import statistics
@@ -104,13 +105,40 @@ def train(root: Path, name: str, conf: Dict[str, object], code: Optional[Path] =
         return float(re.search(rf"\b{key}=([-\d.e+]+)", part).group(1))
 
     batches = re.search(r"\[train\] mini-batch sizes summary: N-batch=\d+, (.*)", done.stderr).group(1)
+    phases = phase_seconds(done.stderr, conf["num_iters_per_epoch"], seconds)
     shrinks = re.findall(r"closed units removed from the student, ([\d.]+) M params left", done.stderr)
     return {
         "seconds": seconds, "train_time": value(train_part, "train_time"),
         "sparsity": value(train_part, "expected_sparsity"), "distill": value(train_part, "distill"),
         "valid_distill": value(valid_part, "distill"), "shrinks": len(shrinks),
-        "params_left": float(shrinks[-1]) if shrinks else None, "batches": batches,
+        "params_left": float(shrinks[-1]) if shrinks else None, "batches": batches, "phases": phases,
     }
+
+
+PHASES = ("start-up", "steps 1-40", "steps 41-100", "steps 101-", "rest of the loop")
+STAMP = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
+
+
+def phase_seconds(log: str, steps_per_epoch: int, wall: float) -> Dict[str, float]:
+    """Where a run's wall time went, from ESPnet's log: the start-up (imports, building the
+    models: the wall time before the first epoch starts), the training steps of the sparsity
+    ramp (1-40), while the gates close (41-100) and after (ESPnet's train_time per logged
+    interval times its steps), and the rest of the training loop (data loading, validation,
+    checkpoints, shrinking)."""
+    def stamp(pattern: str) -> datetime.datetime:
+        match = re.search(STAMP + r".*" + pattern, log)
+        return datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+
+    loop = (stamp(r"The training was finished") - stamp(r"1/\d+epoch started")).total_seconds()
+    phases = dict.fromkeys(PHASES, 0.0)
+    for epoch, first, last, step_time in re.findall(
+            r"(\d+)epoch:train:(\d+)-(\d+)batch: .*?\btrain_time=([\d.]+)", log):
+        step = (int(epoch) - 1) * steps_per_epoch + int(last)
+        name = "steps 1-40" if step <= 40 else "steps 41-100" if step <= 100 else "steps 101-"
+        phases[name] += float(step_time) * (int(last) - int(first) + 1)
+    phases["start-up"] = wall - loop
+    phases["rest of the loop"] = loop - sum(phases[name] for name in PHASES[1:4])
+    return phases
 
 
 def section(args: argparse.Namespace, results: Dict[str, Dict[str, object]], references: Dict[str, str],
@@ -150,6 +178,14 @@ def section(args: argparse.Namespace, results: Dict[str, Dict[str, object]], ref
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         *summary,
+        "",
+        "Where each run's wall time went, in seconds (from ESPnet's log: the start-up before the first epoch, "
+        "ESPnet's train_time of the steps in each phase of the sparsity schedule, and the rest of the training "
+        "loop: data loading, validation, checkpoints, shrinking):",
+        "",
+        "| run | " + " | ".join(PHASES) + " |",
+        "|---|" + "---:|" * len(PHASES),
+        *[f"| {name} | " + " | ".join(f"{r['phases'][p]:.0f}" for p in PHASES) + " |" for name, r in results.items()],
         markers(MARK)[1],
     ])
 
@@ -188,6 +224,10 @@ def main() -> int:
         torch.manual_seed(0)
         teacher = SpeechEncoder(tiny_config(num_layers=2) if args.quick else hubert_base_config())
         save_model(teacher, root / "teacher", {"source": "random weights (bench_train_run)"})
+        for code in {code for _, _, code, _ in runs}:  # warm the file cache: a cold first start takes ~2x
+            env = dict(os.environ, PYTHONPATH=str(code)) if code is not None else None
+            subprocess.run([sys.executable, "-c", "import espnet_plugin.tasks.distill_prune"], env=env,
+                           capture_output=True, check=True)
         results = {}
         for i, (name, ours, code, _) in enumerate(runs):
             print(name, flush=True)
