@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import fp32_run_lines, markers, write_section  # noqa: E402
+from bench.common import fp32_run_lines, interleaved_ms, markers, write_section  # noqa: E402
 from espnet_plugin.models.components import ConvPositionalEmbedding, FeatureExtractor  # noqa: E402
 from espnet_plugin.models import components  # noqa: E402
 from espnet_plugin.models.time_conv import IM2COL_BACKWARD  # noqa: E402
@@ -48,18 +46,11 @@ def ours_path(module: ConvPositionalEmbedding, x: torch.Tensor) -> torch.Tensor:
     return module(x)
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def measure(module: ConvPositionalEmbedding, frames: int, repeats: int) -> Dict[str, float]:
     """Median ms of each path, forward only and forward + backward, repeats interleaved."""
     x = torch.randn(4, frames, module.conv.in_channels)
     x_grad = x.clone().requires_grad_()
     paths = {"Conv1d": conv1d_path, "ours": ours_path}
-    samples: Dict[str, List[float]] = {f"{name} {kind}": [] for name in paths for kind in ("fwd", "fwd+bwd")}
 
     def forward(path) -> None:
         with torch.no_grad():
@@ -68,13 +59,11 @@ def measure(module: ConvPositionalEmbedding, frames: int, repeats: int) -> Dict[
     def train(path) -> None:
         path(module, x_grad).sum().backward()
 
-    for i in range(repeats + 2):
-        for name, path in paths.items():
-            fwd, both = timed(lambda: forward(path)), timed(lambda: train(path))
-            if i >= 2:  # warm-up
-                samples[f"{name} fwd"].append(fwd)
-                samples[f"{name} fwd+bwd"].append(both)
-    return {key: 1000 * statistics.median(values) for key, values in samples.items()}
+    fns = {}
+    for name, path in paths.items():
+        fns[f"{name} fwd"] = functools.partial(forward, path)
+        fns[f"{name} fwd+bwd"] = functools.partial(train, path)
+    return interleaved_ms(fns, repeats)
 
 
 def measure_cnn(channels: int, layers, repeats: int) -> Dict[str, float]:
@@ -82,19 +71,15 @@ def measure_cnn(channels: int, layers, repeats: int) -> Dict[str, float]:
     cnn = FeatureExtractor([[channels, k, s] for k, s in layers], "group_norm", False, False, 0.0)
     wavs = torch.randn(4, 16000)
     default = components.strided_time_conv
-    kernels = {name: functools.partial(default, im2col_backward=im2col)
-               for name, im2col in (("oneDNN", False), ("im2col", True))}
-    samples: Dict[str, List[float]] = {name: [] for name in kernels}
+
+    def run(im2col: bool) -> None:
+        components.strided_time_conv = functools.partial(default, im2col_backward=im2col)
+        cnn(wavs)[0].sum().backward()
+
     try:
-        for i in range(repeats + 2):
-            for name, fn in kernels.items():
-                components.strided_time_conv = fn
-                seconds = timed(lambda: cnn(wavs)[0].sum().backward())
-                if i >= 2:
-                    samples[name].append(seconds)
+        return interleaved_ms({"oneDNN": lambda: run(False), "im2col": lambda: run(True)}, repeats)
     finally:
         components.strided_time_conv = default
-    return {name: 1000 * statistics.median(values) for name, values in samples.items()}
 
 
 def section(args: argparse.Namespace, results: Dict[int, Dict[str, float]], module: ConvPositionalEmbedding,

@@ -15,35 +15,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import List
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import fp32_run_lines, markers, write_section  # noqa: E402
+from bench.common import fp32_run_lines, interleaved_ms, markers, write_section  # noqa: E402
 from espnet_plugin.models import SpeechEncoder, hubert_base_config, tiny_config  # noqa: E402
 from espnet_plugin.models.packed_linear import linear  # noqa: E402
 
 MARK = "bench_frozen_teacher"
-
-
-def interleaved(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
-    """Median ms of each function, the functions taking turns (two warm-up rounds)."""
-    samples: Dict[str, List[float]] = {name: [] for name in fns}
-    with torch.no_grad():
-        for i in range(repeats + 2):
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                fn()
-                if i >= 2:
-                    samples[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in samples.items()}
 
 
 def layer_rows(plain: SpeechEncoder, frozen: SpeechEncoder, frames: int, repeats: int) -> List[str]:
@@ -59,7 +44,7 @@ def layer_rows(plain: SpeechEncoder, frozen: SpeechEncoder, frames: int, repeats
             y = F.linear(h, layer.weight, layer.bias)
             return F.gelu(y) if gelu else y
 
-        t = interleaved({"F.linear": reference, "packed": lambda layer=b, h=h, gelu=gelu: linear(h, layer, gelu)},
+        t = interleaved_ms({"F.linear": reference, "packed": lambda layer=b, h=h, gelu=gelu: linear(h, layer, gelu)},
                         repeats)
         shape = f"{4 * frames} x {a.in_features} -> {a.out_features}"
         rows.append(f"| {name} | {shape} | {t['F.linear']:.2f} | {t['packed']:.2f} | "
@@ -75,6 +60,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny teacher: checks the script, times nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)  # every forward here is a frozen teacher's (the packed path needs no_grad)
     torch.manual_seed(0)
     plain = SpeechEncoder(tiny_config() if args.quick else hubert_base_config()).eval().requires_grad_(False)
     frozen = copy.deepcopy(plain).freeze()
@@ -84,11 +70,10 @@ def main() -> int:
     rows = []
     for seconds in seconds_list:
         wavs, lengths = torch.randn(4, 16000 * seconds) * 0.1, torch.full((4,), 16000 * seconds)
-        with torch.no_grad():
-            gap = max((a - b).abs().max().item() for a, b in zip(plain(wavs, lengths)[0], frozen(wavs, lengths)[0]))
+        gap = max((a - b).abs().max().item() for a, b in zip(plain(wavs, lengths)[0], frozen(wavs, lengths)[0]))
         if gap > 1e-3:
             raise RuntimeError(f"the packed teacher's hidden states differ from the plain one's by {gap}")
-        t = interleaved({"plain": lambda: plain(wavs, lengths), "frozen": lambda: frozen(wavs, lengths)},
+        t = interleaved_ms({"plain": lambda: plain(wavs, lengths), "frozen": lambda: frozen(wavs, lengths)},
                         max(args.repeats // seconds, 3))
         rows.append(f"| 4 x {seconds} s | {t['plain']:.1f} | {t['frozen']:.1f} | {t['plain'] / t['frozen']:.2f}x "
                     f"| {gap:.1e} |")

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import datetime
 import os
+import statistics
+import time
 from pathlib import Path
-from typing import List
+from typing import Callable, Dict, List
 
 import torch
 
@@ -40,3 +42,16 @@ def fp32_run_lines() -> List[str]:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
     ]
+
+
+def interleaved_ms(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> Dict[str, float]:
+    """Median milliseconds of each function over ``repeats`` rounds in which the functions take
+    turns (so that machine load affects them alike), after ``warmup`` untimed rounds."""
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if i >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(values) for name, values in samples.items()}
