@@ -8,6 +8,7 @@ closed unit (``espnet_plugin.pruning``) leaves every output unchanged.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional, Tuple
 
@@ -288,14 +289,17 @@ class SelfAttention(nn.Module):
         z = self.gate() if self.gate is not None else None
         heads = open_units(self.gate)
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        out_weight, num_heads = self.out_proj.weight, self.num_heads
+        num_heads = self.num_heads
         if heads is None:
             q, k, v = (linear(x, proj) for proj in projections)
+            project_out = functools.partial(linear, layer=self.out_proj)
         else:  # only the heads sampled open: their rows of q / k / v, their columns of out_proj
             rows = head_rows(heads, self.head_dim)
             q, k, v = (F.linear(x, proj.weight.index_select(0, rows), proj.bias.index_select(0, rows))
                        for proj in projections)
-            z, out_weight, num_heads = z.index_select(0, heads), out_weight.index_select(1, rows), len(heads)
+            project_out = functools.partial(F.linear, weight=self.out_proj.weight.index_select(1, rows),
+                                            bias=self.out_proj.bias)
+            z, num_heads = z.index_select(0, heads), len(heads)
         q, k, v = (y.view(b, t, num_heads, self.head_dim).transpose(1, 2) for y in (q, k, v))
         mask = None if key_mask is None else key_mask[:, None, None, :]
         if self.head_ids is not None and position_bias is not None:
@@ -306,8 +310,7 @@ class SelfAttention(nn.Module):
         )
         if z is not None:
             y = y * z.view(-1, 1, 1)  # (batch, heads, frames, head_dim)
-        y = y.transpose(1, 2).reshape(b, t, num_heads * self.head_dim)
-        return linear(y, self.out_proj) if heads is None else F.linear(y, out_weight, self.out_proj.bias)
+        return project_out(y.transpose(1, 2).reshape(b, t, num_heads * self.head_dim))
 
 
 class FeedForward(nn.Module):
@@ -337,19 +340,19 @@ class FeedForward(nn.Module):
             return self.out_bias.expand_as(x)
         z = self.gate() if self.gate is not None else None
         units = open_units(self.gate)
-        out_weight = self.output.weight
         if units is None:
             h = linear(x, self.intermediate, gelu=True)
+            project_out = functools.partial(linear, layer=self.output)
         else:  # only the units sampled open
             h = F.gelu(F.linear(x, self.intermediate.weight.index_select(0, units),
                                 self.intermediate.bias.index_select(0, units)))
-            z, out_weight = z.index_select(0, units), out_weight.index_select(1, units)
+            project_out = functools.partial(F.linear, weight=self.output.weight.index_select(1, units),
+                                            bias=self.output.bias)
+            z = z.index_select(0, units)
         h = self.activation_dropout(h)
         if z is not None:
             h = h * z
-        if units is None:
-            return self.dropout(linear(h, self.output))
-        return self.dropout(F.linear(h, out_weight, self.output.bias))
+        return self.dropout(project_out(h))
 
 
 class EncoderLayer(nn.Module):
