@@ -73,6 +73,9 @@ setup(
         "espnet==202511",
         "espnet-s3prl==2026.5.14",
         "sentencepiece==0.2.0",
+        # ESPnet's text cleaner imports inflect at start-up; inflect 7 instruments its functions
+        # with typeguard when imported (2-3 s of every ESPnet command), 5.6 takes 10 ms, same text
+        "inflect>=5.6,<6",
         "safetensors",
         "pyyaml",
         "tqdm",

@@ -125,3 +125,43 @@ def test_strided_conv_backward_kernel_follows_the_switch():
     weight = torch.randn(6, 4, 3, requires_grad=True)
     assert "StridedTimeConv" in strided_time_conv(x, weight, None, 2, im2col_backward=True).grad_fn.name()
     assert strided_time_conv(x, weight, None, 2, im2col_backward=False).grad_fn.name() == "ConvolutionBackward0"
+
+
+def bf16_autocast() -> torch.autocast:
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def assert_close_in_bf16(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Two bf16 computations of one quantity (8 bits of mantissa, different summation orders)."""
+    assert got.dtype == want.dtype
+    scale = want.abs().max().item()
+    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=0.03 * scale)
+
+
+def test_grouped_conv_under_bf16_autocast_matches_conv1d():
+    """Training under CPU autocast (bf16): the custom backward receives bf16 gradients for
+    float32 weights and must run in bf16 like the forward (it used to fail on the dtypes)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(32, 32, 16, padding=8, groups=4)
+    x = torch.randn(2, 20, 32, requires_grad=True)
+    with bf16_autocast():
+        expected = conv(x.transpose(1, 2)).transpose(1, 2)
+        y = grouped_time_conv(x, conv.weight, conv.bias, 8, 4)
+    assert y.dtype == expected.dtype == torch.bfloat16
+    out_grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, [x, conv.weight, conv.bias], out_grad)
+    grads = torch.autograd.grad(y, [x, conv.weight, conv.bias], out_grad)
+    assert_close_in_bf16(y, expected)
+    for got, want, leaf in zip(grads, expected_grads, [x, conv.weight, conv.bias]):
+        assert got.dtype == leaf.dtype == torch.float32
+        assert_close_in_bf16(got, want)
+
+
+def test_strided_conv_under_bf16_autocast_runs_onednn():
+    x = torch.randn(2, 4, 50, requires_grad=True)
+    weight = torch.randn(6, 4, 3, requires_grad=True)
+    with bf16_autocast():
+        y = strided_time_conv(x, weight, None, 2, im2col_backward=True)
+        expected = torch.nn.functional.conv1d(x, weight, None, stride=2)
+    assert y.grad_fn.name() == "ConvolutionBackward0" and y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)

@@ -61,6 +61,7 @@ class _GroupedTimeConv(torch.autograd.Function):
     """Forward and both gradients of the channels-last grouped convolution as convolutions."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, x4: torch.Tensor, weight4: torch.Tensor, bias: Optional[torch.Tensor], padding: int,
                 groups: int) -> torch.Tensor:
         ctx.save_for_backward(x4, weight4)
@@ -68,6 +69,7 @@ class _GroupedTimeConv(torch.autograd.Function):
         return F.conv2d(x4, weight4, bias, padding=(0, padding), groups=groups)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")  # under autocast: the forward's casts again
     def backward(ctx, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         x4, weight4 = ctx.saved_tensors
         padding, groups = ctx.padding, ctx.groups
@@ -107,9 +109,10 @@ def strided_time_conv(
     im2col_backward: bool = IM2COL_BACKWARD,
 ) -> torch.Tensor:
     """``F.conv1d(x, weight, bias, stride)`` without padding, x: (batch, channels, samples);
-    with ``im2col_backward`` (default: on Intel CPUs) its gradients on a CPU come from torch's
-    im2col + GEMM kernel."""
-    if not im2col_backward or x.device.type != "cpu" or not _records_gradients(x, weight, bias):
+    with ``im2col_backward`` (default: on Intel CPUs) its fp32 gradients on a CPU come from
+    torch's im2col + GEMM kernel (under autocast: oneDNN's, which has the bf16 kernels)."""
+    if not im2col_backward or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") \
+            or not _records_gradients(x, weight, bias):
         return F.conv1d(x, weight, bias, stride=stride)
     return _StridedTimeConv.apply(x, weight, bias, stride)
 
