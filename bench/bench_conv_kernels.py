@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import fp32_run_lines, interleaved_ms, markers, write_section  # noqa: E402
+from bench.common import run_lines, interleaved_ms, markers, write_section  # noqa: E402
 from espnet_plugin.models.components import ConvPositionalEmbedding, FeatureExtractor  # noqa: E402
 from espnet_plugin.models import components  # noqa: E402
 from espnet_plugin.models.time_conv import IM2COL_BACKWARD  # noqa: E402
@@ -95,7 +95,7 @@ def section(args: argparse.Namespace, results: Dict[int, Dict[str, float]], modu
         markers(MARK)[0],
         "## Convolution kernels on a CPU: torch's Conv1d against ours (`bench/bench_conv_kernels.py`)",
         "",
-        *fp32_run_lines(),
+        *run_lines(),
         f"- command: `python bench/bench_conv_kernels.py{' --quick' if args.quick else ''}`",
         f"- module: `ConvPositionalEmbedding`, {conv.in_channels} channels, {conv.groups} groups, kernel "
         f"{conv.kernel_size[0]}, weight norm, GELU; batch 4; median of {args.repeats} interleaved repeats; fwd: "

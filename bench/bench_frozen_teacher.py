@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import fp32_run_lines, interleaved_ms, markers, write_section  # noqa: E402
+from bench.common import run_lines, interleaved_ms, markers, write_section  # noqa: E402
 from espnet_plugin.models import SpeechEncoder, hubert_base_config, tiny_config  # noqa: E402
 from espnet_plugin.models.packed_linear import linear  # noqa: E402
 
@@ -82,7 +82,7 @@ def main() -> int:
         markers(MARK)[0],
         "## The frozen teacher: linear weights packed once (`bench/bench_frozen_teacher.py`)",
         "",
-        *fp32_run_lines(),
+        *run_lines(),
         f"- command: `python bench/bench_frozen_teacher.py{' --quick' if args.quick else ''}`",
         f"- teacher: {'tiny' if args.quick else 'HuBERT Base'}, random weights, forward under no_grad; plain: "
         "`eval().requires_grad_(False)` (torch's `F.linear`); frozen: `SpeechEncoder.freeze()` (oneDNN inner "

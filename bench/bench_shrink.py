@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import fp32_run_lines, markers, write_section  # noqa: E402
+from bench.common import run_lines, markers, write_section  # noqa: E402
 from espnet_plugin.distill.export import budget_keep  # noqa: E402
 from espnet_plugin.distill.model import DistillPruneModel  # noqa: E402
 from espnet_plugin.distill.student import build_student  # noqa: E402
@@ -143,7 +143,7 @@ def section(args, results, teacher_s: float, mark: str) -> str:
         + (", skipping units sampled closed" if args.skip_closed else "")
         + (", fused AdamW" if args.fused_adamw else "") + " (`bench/bench_shrink.py`)",
         "",
-        *fp32_run_lines(),
+        *run_lines(),
         f"- command: `python bench/bench_shrink.py --steps {args.steps}{options}`",
         f"- run: HuBERT Base teacher and gated student (conv channels, heads, FFN units), random weights, L1 + cosine "
         f"on layers 0/4/8/12, AdamW (lr {args.lr}, gates {args.gate_lr}, multipliers {args.lambda_lr}), gradient "

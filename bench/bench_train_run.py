@@ -1,7 +1,7 @@
 """A whole short stage-1 run through ``distill_prune_train`` (ESPnet's trainer, data loading,
 validation and checkpoints included): full size against shrinking + skipping + fused AdamW.
 
-    python bench/bench_train_run.py --output docs/benchmarks.md [--baseline DIR] [--quick]
+    python bench/bench_train_run.py --output docs/benchmarks.md [--baseline DIR] [--pairs N] [--use_amp] [--quick]
 
 The run the issue measured the official code against (200 steps, batch 4 x 1 s, HuBERT Base
 teacher and gated student, conv channels + heads + FFN units, L1 + cosine on layers
@@ -11,8 +11,10 @@ as the official code does; ours sets ``model_conf.shrink_threshold`` / ``shrink_
 ``skip_closed_units`` and ``optim_conf.fused``. Both runs get the same seed and batches.
 ``--baseline DIR`` adds the full-size run of another checkout (e.g. ``git worktree add DIR
 <commit>``): the code before a speed change, whose whole run the official code's was measured
-against. Writes its own section of the benchmarks file (between
-``<!-- bench_train_run:start/end -->``).
+against. ``--use_amp`` runs both under ESPnet's ``--use_amp`` (bf16 autocast on a CPU, see
+``espnet_plugin/tasks/trainer.py``), the precision the official recipe trains in. Writes its
+own section of the benchmarks file (between ``<!-- bench_train_run:start/end -->``, or
+``bench_train_run_bf16`` with ``--use_amp``).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import fp32_run_lines, markers, write_section  # noqa: E402
+from bench.common import run_lines, markers, write_section  # noqa: E402
 from espnet_plugin.compact import save_model  # noqa: E402
 from espnet_plugin.models import SpeechEncoder, hubert_base_config, tiny_config  # noqa: E402
 from espnet_plugin.utils.kaldi_data import write_scp, write_shape_file  # noqa: E402
@@ -42,6 +44,11 @@ from espnet_plugin.utils.kaldi_data import write_scp, write_shape_file  # noqa: 
 MARK = "bench_train_run"
 FULL, OURS_NAME = "full size", "shrinking + skipping + fused AdamW"
 OURS = {"shrink_threshold": 0.05, "shrink_interval": 10, "skip_closed_units": 0.5}
+
+
+def mark(args: argparse.Namespace) -> str:
+    """The section of the benchmarks file: one per precision."""
+    return f"{MARK}_bf16" if args.use_amp else MARK
 
 
 def write_data(root: Path, count: int, seed: int) -> Path:
@@ -76,7 +83,7 @@ def config(args: argparse.Namespace, ours: bool) -> Dict[str, object]:
         "grad_clip": 10, "batch_type": "sorted", "batch_size": 4,
         "num_iters_per_epoch": args.steps // args.epochs, "max_epoch": args.epochs, "num_workers": 0,
         "keep_nbest_models": 1, "best_model_criterion": [["valid", "distill", "min"]],
-        "use_tensorboard": False, "use_matplotlib": False,
+        "use_tensorboard": False, "use_matplotlib": False, "use_amp": args.use_amp,
     }
 
 
@@ -156,15 +163,18 @@ def section(args: argparse.Namespace, results: Dict[str, Dict[str, object]], ref
     ratios = [results[name]["seconds"] / results[ref]["seconds"] for name, ref in references.items() if name != ref]
     summary = []
     if args.pairs > 1:
-        summary = ["", f"Ours / the baseline, pair by pair: {', '.join(f'{r:.3f}' for r in ratios)}; "
+        against = "the baseline" if args.baseline is not None else "the full-size run"
+        summary = ["", f"Ours / {against}, pair by pair: {', '.join(f'{r:.3f}' for r in ratios)}; "
                        f"median **{statistics.median(ratios):.3f}**."]
     return "\n".join([
-        markers(MARK)[0],
-        "## A whole stage-1 run through `distill_prune_train` (`bench/bench_train_run.py`)",
+        markers(mark(args))[0],
+        f"## A whole stage-1 run through `distill_prune_train`{', bf16 (`--use_amp`)' if args.use_amp else ''} "
+        "(`bench/bench_train_run.py`)",
         "",
-        *fp32_run_lines(),
+        *run_lines("bf16 autocast (`--use_amp true`)" if args.use_amp else "fp32"),
         f"- command: `python bench/bench_train_run.py --steps {args.steps} --epochs {args.epochs}"
-        f"{' --baseline DIR' if args.baseline else ''}{f' --pairs {args.pairs}' if args.pairs > 1 else ''}`",
+        f"{' --baseline DIR' if args.baseline else ''}{f' --pairs {args.pairs}' if args.pairs > 1 else ''}"
+        f"{' --use_amp' if args.use_amp else ''}`",
         f"- run: ESPnet's trainer, {args.steps} steps ({args.epochs} epochs, a validation batch and a checkpoint "
         "after each), HuBERT Base teacher and gated student (conv channels, heads, FFN units), random weights, "
         f"L1 + cosine on layers 0/4/8/12, AdamW (lr 0.0002, gates {args.gate_lr}, multipliers {args.lambda_lr}, "
@@ -186,7 +196,7 @@ def section(args: argparse.Namespace, results: Dict[str, Dict[str, object]], ref
         "| run | " + " | ".join(PHASES) + " |",
         "|---|" + "---:|" * len(PHASES),
         *[f"| {name} | " + " | ".join(f"{r['phases'][p]:.0f}" for p in PHASES) + " |" for name, r in results.items()],
-        markers(MARK)[1],
+        markers(mark(args))[1],
     ])
 
 
@@ -199,24 +209,28 @@ def main() -> int:
     parser.add_argument("--lambda_lr", type=float, default=0.05)
     parser.add_argument("--baseline", type=Path, default=None,
                         help="a checkout of an earlier commit: its full-size run is added as a row")
+    parser.add_argument("--use_amp", action="store_true",
+                        help="both runs under ESPnet's --use_amp (bf16 autocast on a CPU)")
     parser.add_argument("--pairs", type=int, default=1,
-                        help="with --baseline: N alternating baseline / ours pairs instead of the three runs "
-                             "(a machine whose speed drifts over minutes compares fairly only pair by pair)")
+                        help="N alternating pairs of runs instead of one run each (a machine whose speed drifts "
+                             "over minutes compares fairly only pair by pair): the baseline's full-size run, or "
+                             "without --baseline this checkout's, against ours")
     parser.add_argument("--quick", action="store_true", help="a tiny teacher: checks the script, times nothing")
     args = parser.parse_args()
-    if args.pairs > 1 and args.baseline is None:
-        parser.error("--pairs needs --baseline")
+    if args.use_amp and args.baseline is not None:
+        parser.error("--use_amp with --baseline: code before espnet_plugin/tasks/trainer.py trains in fp32 on a "
+                     "CPU whatever --use_amp says")
     runs = [(FULL, False, None, FULL), (OURS_NAME, True, None, FULL)]  # name, ours?, code, reference
+    base, code = FULL, None
     if args.baseline is not None:
         commit = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, check=True).stdout.strip()
         base, code = f"full size, code of {commit}", args.baseline.resolve()
-        if args.pairs > 1:
-            runs = [run for k in range(1, args.pairs + 1)
-                    for run in ((f"{base} #{k}", False, code, f"{base} #{k}"),
-                                (f"{OURS_NAME} #{k}", True, None, f"{base} #{k}"))]
-        else:
-            runs.insert(0, (base, False, code, FULL))
+        runs.insert(0, (base, False, code, FULL))
+    if args.pairs > 1:
+        runs = [run for k in range(1, args.pairs + 1)
+                for run in ((f"{base} #{k}", False, code, f"{base} #{k}"),
+                            (f"{OURS_NAME} #{k}", True, None, f"{base} #{k}"))]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_data(root / "train", 32, seed=0)
@@ -236,7 +250,7 @@ def main() -> int:
         text = section(args, results, {name: ref for name, _, _, ref in runs}, teacher.num_params() / 1e6)
     print(text)
     if not args.quick:
-        write_section(args.output, MARK, text)
+        write_section(args.output, mark(args), text)
     return 0
 
 

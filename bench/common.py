@@ -33,12 +33,12 @@ def write_section(path: Path, mark: str, section: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def fp32_run_lines() -> List[str]:
-    """The machine and the moment of an fp32 training benchmark, written after the run: CPU,
-    threads, torch version, date and the load average then (a busy machine shows there)."""
+def run_lines(precision: str = "fp32") -> List[str]:
+    """The machine and the moment of a training benchmark, written after the run: CPU, threads,
+    torch version, precision, date and the load average then (a busy machine shows there)."""
     load = os.getloadavg()
     return [
-        f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; fp32",
+        f"- CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; {precision}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
     ]

@@ -200,6 +200,21 @@ def test_distilhubert_baseline_trains_a_smaller_student(workdir):
     assert len(model.distill_loss.losses["prediction_heads"].heads) == 2
 
 
+def test_use_amp_trains_stage1_in_bf16_on_a_cpu(workdir, tmp_path):
+    """ESPnet's --use_amp means CUDA autocast, which leaves CPU ops in fp32; our trainer runs
+    the CPU forward passes under bf16 autocast (tests/test_trainer.py checks the switch)."""
+    exp = tmp_path / "amp"
+    result = run(train_command(workdir, exp, CONF_DIR / "tiny_stage1.yaml", "--use_amp", "true",
+                               "--max_epoch", "2"))
+    assert "forward passes under torch.autocast('cpu', torch.bfloat16)" in result.stderr
+    stats = reporter_stats(exp)
+    assert all(np.isfinite(stats[e][part]["distill"]) for e in (1, 2) for part in ("train", "valid"))
+    assert stats[2]["train"]["distill"] < stats[1]["train"]["distill"]
+    state = torch.load(exp / "latest.pth", map_location="cpu")
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    assert tensors and all(v.dtype == torch.float32 for v in tensors)  # fp32 master weights
+
+
 def test_print_config_reloads_through_config(tmp_path):
     printed = run([sys.executable, "-m", "espnet_plugin.bin.distill_prune_train", "--print_config",
                    "--gate_lr", "0.05"]).stdout

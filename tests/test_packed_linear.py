@@ -20,8 +20,9 @@ def frozen_layer(in_features: int = 48, out_features: int = 80, bias: bool = Tru
     return layer
 
 
-def packed_copy(layer: torch.nn.Linear):
-    return layer._packed_weight._packed
+def packed_copy(layer: torch.nn.Linear, dtype: torch.dtype = torch.float32):
+    cached = layer._packed_weight._packed.get(dtype)
+    return None if cached is None else cached[1]
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -45,7 +46,7 @@ def test_non_contiguous_input():
         torch.testing.assert_close(linear(x, layer), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["grad enabled", "trainable weight", "float64", "autocast", "not packed"])
+@pytest.mark.parametrize("case", ["grad enabled", "trainable weight", "float64", "fp16 autocast", "not packed"])
 def test_falls_back_to_f_linear(case):
     layer = frozen_layer()
     x = torch.randn(2, 5, 48)
@@ -57,11 +58,29 @@ def test_falls_back_to_f_linear(case):
         x = x.double()
     elif case == "not packed":
         del layer._packed_weight
-    with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16, enabled=case == "autocast"):
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.float16, enabled=case == "fp16 autocast"):
         y = linear(x, layer)
         expected = F.linear(x, layer.weight, layer.bias)
     assert torch.equal(y, expected)  # bit for bit: the same kernel
     assert "_packed_weight" not in layer.__dict__ or packed_copy(layer) is None
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_bf16_autocast_uses_a_packed_bf16_copy(gelu):
+    """Under CPU bf16 autocast (--use_amp on a CPU) the product runs in bf16 against a bf16 copy
+    packed once, as autocast's F.linear would against a fresh cast of the weight."""
+    layer = frozen_layer()
+    x = torch.randn(3, 17, 48)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        y = linear(x, layer, gelu=gelu)
+        expected = F.linear(x, layer.weight, layer.bias)
+        expected = F.gelu(expected) if gelu else expected
+        first = packed_copy(layer, torch.bfloat16)
+        linear(x.bfloat16(), layer, gelu=gelu)  # a bf16 input: the same copy
+    assert first is not None and packed_copy(layer, torch.bfloat16) is first
+    assert packed_copy(layer) is None  # no fp32 copy was needed
+    assert y.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), expected.float(), rtol=0, atol=0.02 * expected.abs().max().item())
 
 
 def test_packed_weight_is_reused_until_the_weight_changes():

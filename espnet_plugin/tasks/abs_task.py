@@ -1,6 +1,6 @@
 """What every task of the plugin adds to ESPnet's ``AbsTask``.
 
-* checkpoints written atomically (:class:`AtomicCheckpointTrainer`);
+* checkpoints written atomically, and ``--use_amp`` in bf16 on CPUs (:class:`PluginTrainer`);
 * one run per experiment directory (:func:`espnet_plugin.utils.run_lock.exclusive_output_dir`):
   a second run on the same ``--output_dir`` stops before it writes anything;
 * ``--max_nonfinite_steps``: how many training steps with a NaN or infinite loss a run
@@ -21,7 +21,7 @@ import_espnet_quietly()
 from espnet2.tasks.abs_task import AbsTask, scheduler_classes  # noqa: E402
 
 from espnet_plugin.schedulers import LinearWarmupDecayLR  # noqa: E402
-from espnet_plugin.tasks.atomic_trainer import AtomicCheckpointTrainer  # noqa: E402
+from espnet_plugin.tasks.trainer import PluginTrainer  # noqa: E402
 from espnet_plugin.utils.run_lock import exclusive_output_dir, is_main_process  # noqa: E402
 
 DEFAULT_MAX_NONFINITE_STEPS = 20
@@ -32,7 +32,7 @@ scheduler_classes.setdefault("linearwarmupdecaylr", LinearWarmupDecayLR)
 
 
 class PluginTask(AbsTask):
-    trainer = AtomicCheckpointTrainer
+    trainer = PluginTrainer
 
     @classmethod
     def get_parser(cls) -> argparse.ArgumentParser:
