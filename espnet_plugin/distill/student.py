@@ -63,5 +63,5 @@ def build_student(
             init_from(student, teacher)
     else:
         student = copy.deepcopy(teacher)
-    student.train()
+    student.train().requires_grad_(True)  # a copy of a frozen teacher would copy its frozen weights
     return with_gates(student, gates).train() if gates.any else student
