@@ -7,7 +7,7 @@
 - ESPnet's ``--use_amp`` enters ``torch.cuda.amp.autocast``, which does nothing to CPU ops, so
   on a CPU it silently trains in fp32. With ``--ngpu 0`` this trainer enters CPU autocast in
   bf16 instead (no loss scaling: bf16 has fp32's exponent range). On a CPU with bf16 units
-  (AVX512-BF16, AMX) a HuBERT Base stage-1 step takes about 0.55x its fp32 time
+  (AVX512-BF16, AMX) a HuBERT Base stage-1 step takes about 0.65x its fp32 time
   (docs/benchmarks.md); without them torch emulates bf16 and it is slower than fp32.
 
 ESPnet's training loop itself runs unchanged: only the names it looks up in its module
@@ -15,12 +15,11 @@ ESPnet's training loop itself runs unchanged: only the names it looks up in its 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
 import types
-from typing import Iterator
+from typing import Any, Iterator
 
 import espnet2.train.trainer as espnet_trainer
 import torch
@@ -59,9 +58,9 @@ def disabled_grad_scaler(*_args, **_kwargs) -> torch.amp.GradScaler:
 
 
 @contextlib.contextmanager
-def espnet_trainer_patched(options: argparse.Namespace) -> Iterator[None]:
+def espnet_trainer_patched(options: Any) -> Iterator[None]:
     """Swap the names ESPnet's trainer module looks up (see the module docstring) and restore
-    them afterwards."""
+    them afterwards; ``options``: ESPnet's trainer options (``use_amp``, ``ngpu``)."""
     patches = {"torch": _TorchWithAtomicSave()}
     if getattr(options, "use_amp", False) and getattr(options, "ngpu", 0) == 0:
         patches.update(autocast=cpu_autocast, GradScaler=disabled_grad_scaler)

@@ -5,14 +5,14 @@
   ``AbsTask.print_config`` binds ``sys.stdout`` as a default argument at import time, so the
   redirect must cover only that one import, not the task modules.
 - ESPnet's task and trainer modules import modules for features our tasks do not use, about
-  4 s of every start on a 2-core machine (``python -X importtime``): ``g2p_en`` (and with it
+  1.5 s of every start on a 2-core machine (``python -X importtime``): ``g2p_en`` (and with it
   ``nltk``, which also tries to download its data) for the English phoneme tokenizer; adapters
   (``espnet2.layers.create_adapter``, which imports transformers' wav2vec 2.0 model); and the
   attention plots of validation (``espnet2.main_funcs.calculate_all_attentions``, which
   imports ESPnet's TTS models). A stand-in takes each one's place in ``sys.modules`` and
   imports it on first use, so nothing changes for a run that uses them. (``inflect``, which
   ESPnet's text cleaner calls at import time, is pinned below 6 in setup.py instead: version 7
-  instruments its functions with typeguard when imported, 2-3 s.)
+  instruments its functions with typeguard when imported, 1.7-3 s.)
 """
 import contextlib
 import importlib
