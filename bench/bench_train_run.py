@@ -238,8 +238,8 @@ def main() -> int:
         torch.manual_seed(0)
         teacher = SpeechEncoder(tiny_config(num_layers=2) if args.quick else hubert_base_config())
         save_model(teacher, root / "teacher", {"source": "random weights (bench_train_run)"})
-        for code in {code for _, _, code, _ in runs}:  # warm the file cache: a cold first start takes ~2x
-            env = dict(os.environ, PYTHONPATH=str(code)) if code is not None else None
+        for checkout in {run[2] for run in runs}:  # warm the file cache: a cold first start takes ~2x
+            env = dict(os.environ, PYTHONPATH=str(checkout)) if checkout is not None else None
             subprocess.run([sys.executable, "-c", "import espnet_plugin.tasks.distill_prune"], env=env,
                            capture_output=True, check=True)
         results = {}
