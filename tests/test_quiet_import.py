@@ -43,6 +43,25 @@ assert sys.modules["espnet2.layers.create_adapter"] is real
 print("ok")
 """
 
+PREPROCESSOR_PROBE = """
+import sys
+import numpy as np
+import espnet_plugin.tasks.distill_prune
+import espnet2.train.collate_fn as collate_fn
+for name in ("espnet2.text.build_tokenizer", "espnet2.text.cleaner", "transformers"):
+    assert name not in sys.modules, name + " was imported at start-up"
+speech = np.concatenate([np.zeros(16000), np.random.default_rng(0).standard_normal(16000)])
+mask = collate_fn.detect_non_silence(speech)  # the forwarder: imports the preprocessors, then calls
+assert mask.shape == speech.shape and not mask[:4000].any() and mask[-4000:].all()
+import espnet2.train.preprocessor as real
+from espnet2.train.preprocessor import CommonPreprocessor
+assert sys.modules["espnet2.train.preprocessor"] is real and CommonPreprocessor is real.CommonPreprocessor
+assert CommonPreprocessor.__module__ == "espnet2.train.preprocessor"
+from espnet2.tasks.asr import ASRTask  # ESPnet's own task: imports its preprocessors by name
+assert ASRTask.build_preprocess_fn  # and loads
+print("ok")
+"""
+
 
 def run_probe(probe: str) -> str:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
@@ -56,3 +75,7 @@ def test_g2p_en_loads_on_first_use_only():
 
 def test_forwarded_function_imports_its_module_on_first_call():
     assert run_probe(FORWARDER_PROBE).endswith("ok")
+
+
+def test_preprocessors_load_on_first_use_only():
+    assert run_probe(PREPROCESSOR_PROBE).endswith("ok")

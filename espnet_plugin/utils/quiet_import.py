@@ -5,14 +5,21 @@
   ``AbsTask.print_config`` binds ``sys.stdout`` as a default argument at import time, so the
   redirect must cover only that one import, not the task modules.
 - ESPnet's task and trainer modules import modules for features our tasks do not use, about
-  1.5 s of every start on a 2-core machine (``python -X importtime``): ``g2p_en`` (and with it
-  ``nltk``, which also tries to download its data) for the English phoneme tokenizer; adapters
-  (``espnet2.layers.create_adapter``, which imports transformers' wav2vec 2.0 model); and the
-  attention plots of validation (``espnet2.main_funcs.calculate_all_attentions``, which
-  imports ESPnet's TTS models). A stand-in takes each one's place in ``sys.modules`` and
-  imports it on first use, so nothing changes for a run that uses them. (``inflect``, which
-  ESPnet's text cleaner calls at import time, is pinned below 6 in setup.py instead: version 7
-  instruments its functions with typeguard when imported, 1.7-3 s.)
+  5.5 s of every start on a 2-core machine (``python -X importtime``):
+  - ESPnet's preprocessors (``espnet2.train.preprocessor``, ~4 s: typeguard instruments its
+    classes at import, and it imports every tokenizer, transformers' among them), which
+    ``espnet2.train.collate_fn`` imports for one function;
+  - ``g2p_en`` (and with it ``nltk``, which also tries to download its data) for the English
+    phoneme tokenizer;
+  - adapters (``espnet2.layers.create_adapter``, which imports transformers' wav2vec 2.0 model);
+  - the attention plots of validation (``espnet2.main_funcs.calculate_all_attentions``, which
+    imports ESPnet's TTS models).
+
+  A stand-in takes each one's place in ``sys.modules`` and imports it on first use, so nothing
+  changes for a run that uses them (ESPnet's ASR and enhancement tasks import the preprocessors
+  when they are imported). ``inflect``, which ESPnet's text cleaner calls when the preprocessors
+  load, is pinned below 6 in setup.py: version 7 instruments its functions with typeguard when
+  imported, 1.7-3 s.
 """
 import contextlib
 import importlib
@@ -24,6 +31,7 @@ from typing import Callable, Dict, Tuple
 #: module -> the functions that ESPnet imports from it by name (``from module import f``);
 #: each of those gets a forwarder that imports the module on its first call.
 DEFERRED_MODULES: Dict[str, Tuple[str, ...]] = {
+    "espnet2.train.preprocessor": ("detect_non_silence",),
     "g2p_en": (),
     "espnet2.layers.create_adapter": ("create_adapter",),
     "espnet2.main_funcs.calculate_all_attentions": ("calculate_all_attentions",),
