@@ -28,13 +28,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import soundfile
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from bench.common import run_lines, markers, write_section  # noqa: E402
 from espnet_plugin.compact import save_model  # noqa: E402
@@ -87,6 +88,27 @@ def config(args: argparse.Namespace, ours: bool) -> Dict[str, object]:
     }
 
 
+def checkout_env(code: Optional[Path]) -> Tuple[Dict[str, str], Path]:
+    """The environment and working directory in which ``python -m`` imports the ``espnet_plugin``
+    of ``code`` (of this checkout without one). ``python -m`` puts the working directory first
+    on ``sys.path``, ahead of ``PYTHONPATH``: a baseline started from this checkout's root would
+    run this checkout's code."""
+    checkout = (code if code is not None else REPO).resolve()
+    return dict(os.environ, PYTHONPATH=str(checkout)), checkout
+
+
+def warm_up(code: Optional[Path]) -> None:
+    """Import the task once (a cold first start takes ~2x) and check whose code a run imports."""
+    env, cwd = checkout_env(code)
+    done = subprocess.run(
+        [sys.executable, "-c", "import espnet_plugin.tasks.distill_prune, espnet_plugin; print(espnet_plugin.__file__)"],
+        env=env, cwd=cwd, capture_output=True, text=True, check=True,
+    )
+    imported = Path(done.stdout.strip().splitlines()[-1]).resolve()
+    if cwd not in imported.parents:
+        raise RuntimeError(f"a run meant for {cwd} imports {imported}")
+
+
 def train(root: Path, name: str, conf: Dict[str, object], code: Optional[Path] = None) -> Dict[str, object]:
     """One run through distill_prune_train; ``code``: a checkout whose ``espnet_plugin`` runs it."""
     path = root / f"{name}.yaml"
@@ -99,9 +121,9 @@ def train(root: Path, name: str, conf: Dict[str, object], code: Optional[Path] =
         "--valid_data_path_and_name_and_type", f"{root / 'valid' / 'wav.scp'},speech,sound",
         "--valid_shape_file", str(root / "valid" / "speech_shape"),
     ]
+    env, cwd = checkout_env(code)
     start = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=str(code)) if code is not None else None
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{name}: distill_prune_train failed:\n{done.stderr[-3000:]}")
@@ -238,10 +260,8 @@ def main() -> int:
         torch.manual_seed(0)
         teacher = SpeechEncoder(tiny_config(num_layers=2) if args.quick else hubert_base_config())
         save_model(teacher, root / "teacher", {"source": "random weights (bench_train_run)"})
-        for checkout in {run[2] for run in runs}:  # warm the file cache: a cold first start takes ~2x
-            env = dict(os.environ, PYTHONPATH=str(checkout)) if checkout is not None else None
-            subprocess.run([sys.executable, "-c", "import espnet_plugin.tasks.distill_prune"], env=env,
-                           capture_output=True, check=True)
+        for checkout in {run[2] for run in runs}:
+            warm_up(checkout)
         results = {}
         for i, (name, ours, code, _) in enumerate(runs):
             print(name, flush=True)
