@@ -52,6 +52,7 @@ bench: venv
 	$(PY) bench/bench_encoder.py --output docs/benchmarks.md
 	$(PY) bench/bench_distill_step.py --output docs/benchmarks.md
 	$(PY) bench/bench_conv_kernels.py --output docs/benchmarks.md
+	$(PY) bench/bench_attention_kernels.py --output docs/benchmarks.md
 	$(PY) bench/bench_frozen_teacher.py --output docs/benchmarks.md
 
 clean-venv:

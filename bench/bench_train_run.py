@@ -88,6 +88,12 @@ def config(args: argparse.Namespace, ours: bool) -> Dict[str, object]:
     }
 
 
+def trains_bf16_on_cpu(checkout: Path) -> bool:
+    """Whether ``checkout``'s trainer turns ``--use_amp`` into CPU bf16 autocast."""
+    trainer = checkout / "espnet_plugin" / "tasks" / "trainer.py"
+    return trainer.exists() and "def cpu_autocast" in trainer.read_text(encoding="utf-8")
+
+
 def checkout_env(code: Optional[Path]) -> Tuple[Dict[str, str], Path]:
     """The environment and working directory in which ``python -m`` imports the ``espnet_plugin``
     of ``code`` (of this checkout without one). ``python -m`` puts the working directory first
@@ -239,9 +245,9 @@ def main() -> int:
                              "without --baseline this checkout's, against ours")
     parser.add_argument("--quick", action="store_true", help="a tiny teacher: checks the script, times nothing")
     args = parser.parse_args()
-    if args.use_amp and args.baseline is not None:
-        parser.error("--use_amp with --baseline: code before espnet_plugin/tasks/trainer.py trains in fp32 on a "
-                     "CPU whatever --use_amp says")
+    if args.use_amp and args.baseline is not None and not trains_bf16_on_cpu(args.baseline):
+        parser.error(f"--use_amp with --baseline {args.baseline}: its code trains in fp32 on a CPU whatever "
+                     "--use_amp says (CPU autocast came with espnet_plugin/tasks/trainer.py's cpu_autocast)")
     runs = [(FULL, False, None, FULL), (OURS_NAME, True, None, FULL)]  # name, ours?, code, reference
     base, code = FULL, None
     if args.baseline is not None:

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_train_run import REPO, checkout_env, warm_up  # noqa: E402
+from bench.bench_train_run import REPO, checkout_env, trains_bf16_on_cpu, warm_up  # noqa: E402
 
 
 def fake_checkout(root: Path) -> Path:
@@ -33,3 +33,12 @@ def test_a_checkout_without_the_package_is_refused(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RuntimeError, match="imports"):
         warm_up(tmp_path / "empty")  # would fall back to the installed espnet_plugin
+
+
+def test_bf16_baselines_only_from_code_that_trains_bf16_on_a_cpu(tmp_path):
+    """``--use_amp --baseline`` needs a baseline whose trainer turns --use_amp into CPU autocast."""
+    assert trains_bf16_on_cpu(REPO)
+    old = fake_checkout(tmp_path / "old")
+    assert not trains_bf16_on_cpu(old)
+    (old / "espnet_plugin" / "tasks" / "trainer.py").write_text("def cpu_autocast(enabled=True):\n    pass\n")
+    assert trains_bf16_on_cpu(old)

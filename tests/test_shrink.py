@@ -109,9 +109,15 @@ def test_the_optimizer_keeps_the_state_of_the_kept_units(wavs, fused):
     old_ffn = model.student.layers[0].ffn.intermediate.weight
     old_moment = optimizer.state[old_ffn]["exp_avg"].clone()
     old_step = optimizer.state[old_ffn]["step"].clone()
+    unchanged = model.student.layers[1].ffn.intermediate.weight  # layer 1 keeps every FFN unit
+    unchanged_state = {key: value.clone() for key, value in optimizer.state[unchanged].items()}
     assert model.shrink_student() > 0
     new_ffn = model.student.layers[0].ffn.intermediate.weight
     assert new_ffn.shape[0] == 24  # every other unit of layer 0 closed
+    # a weight that loses nothing moves uncopied, with its state
+    assert model.student.layers[1].ffn.intermediate.weight is unchanged
+    for key, value in unchanged_state.items():
+        assert torch.equal(optimizer.state[unchanged][key], value), key
     assert all(gate.skip_closed == 0.25 for gate in model.student.gates())  # the new student skips too
     assert torch.equal(optimizer.state[new_ffn]["exp_avg"], old_moment[1::2])
     assert torch.equal(optimizer.state[new_ffn]["step"], old_step)

@@ -81,6 +81,24 @@ def test_frozen_kernel_is_reused_until_the_weights_change():
         torch.testing.assert_close(module.kernel(), module.conv.weight, rtol=0, atol=0)
 
 
+def test_frozen_kernel_under_bf16_autocast_is_cast_once():
+    """Under CPU autocast the frozen kernel is kept in bf16 (no cast per forward), beside the
+    fp32 one; the output equals autocast's own cast of the fp32 kernel."""
+    torch.manual_seed(0)
+    module = ConvPositionalEmbedding(32, 8, 4)
+    x = torch.randn(2, 10, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        kernel = module.kernel()
+        assert kernel.dtype == torch.bfloat16 and module.kernel() is kernel
+        torch.testing.assert_close(kernel, module.conv.weight.to(torch.bfloat16), rtol=0, atol=0)
+        got = module(x)
+        y = grouped_time_conv(x, module.conv.weight, module.conv.bias, 4, 4)  # autocast casts the kernel
+        expected = torch.nn.functional.gelu(y[:, :-1])
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    with torch.no_grad():
+        assert module.kernel().dtype == torch.float32
+
+
 def test_training_forward_uses_the_live_weight():
     module = ConvPositionalEmbedding(16, 4, 2)
     with torch.no_grad():

@@ -50,6 +50,8 @@ class HardConcreteGate(nn.Module):
         self.reset_parameters(init_drop_rate)
 
     def reset_parameters(self, init_drop_rate: float) -> None:
+        if self.log_alpha.is_meta:  # a model built to be overwritten (shrinking): torch's meta
+            return  # sampling runs through slow Python reference ops, ~5 ms a gate
         mean = math.log((1.0 - init_drop_rate) / init_drop_rate)
         nn.init.normal_(self.log_alpha, mean=mean, std=0.01)
 

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from espnet_plugin.gates import HardConcreteGate
+from espnet_plugin.models.attention_kernel import scaled_dot_product_attention
 from espnet_plugin.models.packed_linear import linear
 from espnet_plugin.models.time_conv import channels_last_kernel, grouped_time_conv, strided_time_conv
 
@@ -187,17 +188,19 @@ class ConvPositionalEmbedding(nn.Module):
 
     def kernel(self) -> torch.Tensor:
         """The weight-normed kernel. Under ``no_grad`` on a CPU (a frozen teacher, evaluation)
-        it is computed once, in the layout the channels-last convolution reads, and reused
-        until the weights change: the weight norm and that copy cost about as much as the
-        convolution itself at Base size."""
+        it is computed once, in the layout the channels-last convolution reads and (under
+        autocast) in the autocast dtype, and reused until the weights change: the weight norm,
+        that copy and the cast cost about as much as the convolution itself at Base size."""
         weights = self.conv.parametrizations.weight
         if torch.is_grad_enabled() or weights.original1.device.type != "cpu":
             return self.conv.weight
         originals = (weights.original0, weights.original1)
-        versions = tuple((p.data_ptr(), p._version) for p in originals)
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu") if autocast else weights.original1.dtype
+        versions = (tuple((p.data_ptr(), p._version) for p in originals), dtype)
         cached, kernel = self._frozen_kernel
         if cached is None or any(a is not b for a, b in zip(cached[0], originals)) or cached[1] != versions:
-            kernel = channels_last_kernel(self.conv.weight).squeeze(2)
+            kernel = channels_last_kernel(self.conv.weight).squeeze(2).to(dtype)
             self._frozen_kernel = ((originals, versions), kernel)
         return kernel
 
@@ -227,7 +230,7 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int, 
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention``.
+    """Multi-head self-attention through ``scaled_dot_product_attention`` (``attention_kernel.py``).
 
     Heads can be gated; ``num_heads == 0`` keeps only the output bias. For WavLM each head
     adds a relative-position bias scaled by a gate computed from its chunk of the input.
@@ -305,9 +308,7 @@ class SelfAttention(nn.Module):
         if self.head_ids is not None and position_bias is not None:
             bias = self.gated_position_bias(x, position_bias, heads).to(q.dtype)
             mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = scaled_dot_product_attention(q, k, v, mask, self.dropout if self.training else 0.0)
         if z is not None:
             y = y * z.view(-1, 1, 1)  # (batch, heads, frames, head_dim)
         return project_out(y.transpose(1, 2).reshape(b, t, num_heads * self.head_dim))

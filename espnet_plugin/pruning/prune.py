@@ -141,24 +141,42 @@ def take(tensor: torch.Tensor, slices: List[Tuple[int, torch.Tensor]]) -> torch.
     return tensor
 
 
+def keeps_all(tensor: torch.Tensor, slices: List[Tuple[int, torch.Tensor]]) -> bool:
+    """Whether ``take(tensor, slices)`` is all of ``tensor`` (kept indices are sorted and
+    distinct, so keeping as many as there are keeps each one)."""
+    return all(len(index) == tensor.shape[dim] for dim, index in slices)
+
+
 @torch.no_grad()
-def sliced_model(model: SpeechEncoder, kept: KeptUnits, gates: GateConfig) -> Tuple[SpeechEncoder, SlicePlan]:
+def sliced_model(
+    model: SpeechEncoder, kept: KeptUnits, gates: GateConfig, move_unchanged: bool = False,
+) -> Tuple[SpeechEncoder, SlicePlan]:
     """The model of ``kept``'s size with ``gates``, every weight and buffer copied from ``model``.
 
     Built on the meta device: every tensor is overwritten, so its random initialisation would
     be wasted (at HuBERT Base size it costs more than the copying, and shrinking during
-    training pays it at every shrink)."""
+    training pays it at every shrink). With ``move_unchanged`` a tensor that keeps all of its
+    entries under its old name is not copied: the new model takes ``model``'s tensor itself
+    (the same ``nn.Parameter``), so shrinking copies only what changes. ``model`` must not be
+    used afterwards then."""
     parameter = next(model.parameters())
     with torch.device("meta"):
         smaller = SpeechEncoder(sliced_config(model, kept, gates))
     smaller = smaller.to_empty(device=parameter.device).to(dtype=parameter.dtype)
     plan = slice_plan(model, kept)
-    source = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    parameters, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     full_plan: SlicePlan = {}
     for name, dst in [*smaller.named_parameters(), *smaller.named_buffers()]:
         old_name, slices = plan.get(name, (name, []))
-        dst.copy_(take(source[old_name], slices))
         full_plan[name] = (old_name, slices)
+        src = parameters[old_name] if old_name in parameters else buffers[old_name]
+        if move_unchanged and old_name == name and keeps_all(src, slices) and src.dtype == dst.dtype:
+            owner, _, leaf = name.rpartition(".")
+            registry = smaller.get_submodule(owner)._parameters if name in parameters else \
+                smaller.get_submodule(owner)._buffers
+            registry[leaf] = src
+        else:
+            dst.copy_(take(src, slices))
     return smaller.train(model.training), full_plan
 
 
@@ -250,12 +268,13 @@ def shrink_model(model: SpeechEncoder, threshold: float) -> Optional[Tuple[Speec
     """The gated model without its (almost surely) closed units: P(open) < ``threshold``.
 
     Returns the smaller model and, per weight, where it came from (to carry optimizer state
-    over with :func:`carry_optimizer_state`); None when no unit is that closed.
+    over with :func:`carry_optimizer_state`); None when no unit is that closed. Weights that
+    lose nothing move to the smaller model uncopied (``model`` is spent).
     """
     kept = kept_units(model, open_keep(threshold))
     if kept.total() == count_units(model):
         return None
-    return sliced_model(model, kept, model.config.gates)
+    return sliced_model(model, kept, model.config.gates, move_unchanged=True)
 
 
 def count_units(model: SpeechEncoder) -> int:
@@ -276,6 +295,8 @@ def carry_optimizer_state(
         old_name, slices = plan[name]
         src = source[old_name]
         moved[src] = dst
+        if dst is src:  # moved uncopied (``sliced_model(move_unchanged=True)``): state and all
+            continue
         if src.grad is not None:
             dst.grad = take(src.grad, slices)
         state = optimizer.state.get(src)
@@ -285,5 +306,6 @@ def carry_optimizer_state(
                 for key, value in state.items()
             }
     for src in source.values():
-        optimizer.state.pop(src, None)
+        if moved.get(src) is not src:
+            optimizer.state.pop(src, None)
     return moved
