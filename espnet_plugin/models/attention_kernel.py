@@ -4,9 +4,8 @@ torch picks its flash-attention kernel on CPUs whenever it can. In bf16 that ker
 pass is slow on short sequences: at HuBERT Base size (12 heads of 64), batch 4 x 1 s (49
 frames), forward + backward takes ~6 ms per layer against ~4 ms for torch's math kernel
 (matmul, softmax, matmul); the math kernel stays ahead up to ~3 s of audio, breaks even at
-4 s and falls behind beyond (``python bench/bench_attention_kernels.py``,
-docs/benchmarks.md). So a
-bf16 forward on a CPU that records gradients, over at most :data:`MATH_KERNEL_MAX_FRAMES`
+4 s and falls behind beyond (``python bench/bench_attention_kernels.py``, docs/benchmarks.md).
+So a bf16 forward on a CPU that records gradients, over at most :data:`MATH_KERNEL_MAX_FRAMES`
 frames, runs the math kernel; everything else (fp32, no gradients - a frozen teacher,
 inference, export -, longer inputs, other devices) runs torch's choice as before. Both kernels
 compute the same function, up to bf16 rounding.
