@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import interleaved_ms, markers, run_lines, write_section  # noqa: E402
+from bench.common import kernel_bench_args, interleaved_ms, markers, run_lines, write_section  # noqa: E402
 from espnet_plugin.models.attention_kernel import MATH_KERNEL_MAX_FRAMES  # noqa: E402
 
 MARK = "bench_attention_kernels"
@@ -71,18 +71,9 @@ def section(args: argparse.Namespace, results: Dict[int, Dict[str, float]], shap
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="small shapes: checks the script, times nothing")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = kernel_bench_args(__doc__, "small shapes: checks the script, times nothing")
     heads, head_dim = (2, 8) if args.quick else (12, 64)
     batches = {49: 4, 99: 4, 149: 4, 199: 4, 249: 4, 299: 4, 499: 2} if not args.quick else {49: 2, 9: 2}
-    if args.quick:
-        args.repeats = 2
     results = {frames: measure(frames, batch, heads, head_dim, args.repeats) for frames, batch in batches.items()}
     shape = f"{heads} heads of {head_dim}, batch 4 (2 at 499 frames)" if not args.quick else f"{heads} heads"
     text = section(args, results, shape)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import run_lines, interleaved_ms, markers, write_section  # noqa: E402
+from bench.common import kernel_bench_args, run_lines, interleaved_ms, markers, write_section  # noqa: E402
 from espnet_plugin.models.components import ConvPositionalEmbedding, FeatureExtractor  # noqa: E402
 from espnet_plugin.models import components  # noqa: E402
 from espnet_plugin.models.time_conv import IM2COL_BACKWARD  # noqa: E402
@@ -121,19 +121,10 @@ def section(args: argparse.Namespace, results: Dict[int, Dict[str, float]], modu
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="a small convolution: checks the script, times nothing")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = kernel_bench_args(__doc__, "a small convolution: checks the script, times nothing")
     channels, groups, kernel = (32, 4, 16) if args.quick else (768, 16, 128)
     module = ConvPositionalEmbedding(channels, kernel, groups)
     frame_counts = (49, 600)
-    if args.quick:
-        args.repeats = 2
     results = {frames: measure(module, frames, args.repeats) for frames in frame_counts}
     with torch.no_grad():  # the two paths agree before any time is reported
         x = torch.randn(2, frame_counts[0], channels)

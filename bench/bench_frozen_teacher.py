@@ -13,7 +13,6 @@ before anything is timed. Writes its own section of the benchmarks file (between
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import run_lines, interleaved_ms, markers, write_section  # noqa: E402
+from bench.common import kernel_bench_args, run_lines, interleaved_ms, markers, write_section  # noqa: E402
 from espnet_plugin.models import SpeechEncoder, hubert_base_config, tiny_config  # noqa: E402
 from espnet_plugin.models.packed_linear import linear  # noqa: E402
 
@@ -53,19 +52,10 @@ def layer_rows(plain: SpeechEncoder, frozen: SpeechEncoder, frames: int, repeats
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="a tiny teacher: checks the script, times nothing")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = kernel_bench_args(__doc__, "a tiny teacher: checks the script, times nothing")
     torch.set_grad_enabled(False)  # every forward here is a frozen teacher's (the packed path needs no_grad)
-    torch.manual_seed(0)
     plain = SpeechEncoder(tiny_config() if args.quick else hubert_base_config()).eval().requires_grad_(False)
     frozen = copy.deepcopy(plain).freeze()
-    if args.quick:
-        args.repeats = 2
     seconds_list = (1, 2) if args.quick else (1, 12)
     rows = []
     for seconds in seconds_list:

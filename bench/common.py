@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts: each writes its own section of docs/benchmarks.md."""
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import statistics
@@ -55,3 +56,19 @@ def interleaved_ms(fns: Dict[str, Callable[[], object]], repeats: int, warmup: i
             if i >= warmup:
                 samples[name].append(time.perf_counter() - start)
     return {name: 1000 * statistics.median(values) for name, values in samples.items()}
+
+
+def kernel_bench_args(doc: str, quick_help: str) -> argparse.Namespace:
+    """The command line of the kernel benchmarks (--output, --repeats, --threads, --quick),
+    parsed and applied: torch's thread count, seed 0, and 2 repeats with --quick."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.quick:
+        args.repeats = 2
+    return args
