@@ -82,8 +82,8 @@ def test_frozen_kernel_is_reused_until_the_weights_change():
 
 
 def test_frozen_kernel_under_bf16_autocast_is_cast_once():
-    """Under CPU autocast the frozen kernel is kept in bf16 (no cast per forward), beside the
-    fp32 one; the output equals autocast's own cast of the fp32 kernel."""
+    """Under CPU autocast the frozen kernel is kept in bf16 (no cast per forward) and equals
+    autocast's own cast of the fp32 kernel; outside autocast the fp32 kernel comes back."""
     torch.manual_seed(0)
     module = ConvPositionalEmbedding(32, 8, 4)
     x = torch.randn(2, 10, 32)
